@@ -1,0 +1,185 @@
+"""Primitive layers and block rules against independent numpy computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vfusion_jax.models import blocks, layers
+
+
+def _init_apply(module, *args):
+  variables = module.init(jax.random.key(0), *args)
+  return variables['params'], np.asarray(module.apply(variables, *args))
+
+
+@pytest.mark.parametrize('kind', ['WithBias', 'BiasFree'])
+def test_layernorm_matches_numpy(kind):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 4, 5, 8)).astype(np.float32) * 3 + 1
+  params, y = _init_apply(layers.LayerNorm(kind), x)
+  weight = rng.normal(size=8).astype(np.float32)
+  params = {'scale': weight, **({'bias': np.full(8, 0.5, np.float32)} if kind == 'WithBias' else {})}
+  y = np.asarray(layers.LayerNorm(kind).apply({'params': params}, x))
+  x64 = x.astype(np.float64)
+  mu = x64.mean(-1, keepdims=True)
+  var = ((x64 - mu) ** 2).mean(-1, keepdims=True)  # biased variance
+  if kind == 'WithBias':
+    expected = (x64 - mu) / np.sqrt(var + 1e-5) * weight + 0.5
+  else:
+    expected = x64 / np.sqrt(var + 1e-5) * weight  # not centred
+  np.testing.assert_allclose(y, expected, atol=2e-5)
+
+
+def test_pixel_unshuffle_channel_order():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 6, 8, 3)).astype(np.float32)
+  y = np.asarray(layers.pixel_unshuffle(jnp.asarray(x), 2))
+  assert y.shape == (2, 3, 4, 12)
+  for c in range(3):
+    for i in range(2):
+      for j in range(2):
+        # torch.nn.PixelUnshuffle: out[c*4 + i*2 + j, y, x] = in[c, 2y+i, 2x+j]
+        np.testing.assert_array_equal(y[..., c * 4 + i * 2 + j], x[:, i::2, j::2, c])
+
+
+def test_upsample_align_corners_matches_formula():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(1, 3, 5, 2)).astype(np.float32)
+  y = np.asarray(layers.upsample_bilinear_align_corners(jnp.asarray(x), 2))
+  assert y.shape == (1, 6, 10, 2)
+
+  def interp_axis(a, axis):
+    n_in = a.shape[axis]
+    n_out = 2 * n_in
+    out = []
+    for d in range(n_out):
+      src = d * (n_in - 1) / (n_out - 1)
+      i0 = int(np.floor(src))
+      i1 = min(i0 + 1, n_in - 1)
+      w = src - i0
+      out.append((1 - w) * np.take(a, i0, axis) + w * np.take(a, i1, axis))
+    return np.stack(out, axis)
+
+  expected = interp_axis(interp_axis(x.astype(np.float64), 1), 2)
+  np.testing.assert_allclose(y, expected, atol=1e-6)
+  # align_corners=True keeps the corner pixels exactly.
+  np.testing.assert_allclose(y[:, [0, -1]][:, :, [0, -1]], x[:, [0, -1]][:, :, [0, -1]], atol=1e-7)
+
+
+def _conv2d_numpy(x, kernel, groups=1):
+  """Direct zero-padded 'same' cross-correlation. x (N,H,W,Cin), kernel (k,k,Cin/groups,Cout)."""
+  k = kernel.shape[0]
+  pad = k // 2
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  n, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  out = np.zeros((n, h, w, cout))
+  per_group_in, per_group_out = cin // groups, cout // groups
+  for o in range(cout):
+    g = o // per_group_out
+    for dy in range(k):
+      for dx in range(k):
+        patch = xp[:, dy:dy + h, dx:dx + w, g * per_group_in:(g + 1) * per_group_in]
+        out[..., o] += patch @ kernel[dy, dx, :, o]
+  return out
+
+
+def test_depthwise_conv_matches_direct_sum():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 5, 7, 4)).astype(np.float32)
+  params, _ = _init_apply(layers.DepthwiseConv3x3(), x)
+  y = np.asarray(layers.DepthwiseConv3x3().apply({'params': params}, x))
+  np.testing.assert_allclose(y, _conv2d_numpy(x, np.asarray(params['kernel'], np.float64), groups=4), atol=1e-5)
+
+
+def test_conv2d_and_conv1x1_match_direct_sum():
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, 3, 5, 6, 4)).astype(np.float32)  # two leading batch axes
+  params, y = _init_apply(layers.Conv2D(5, 3), x)
+  expected = _conv2d_numpy(x.reshape(6, 5, 6, 4), np.asarray(params['kernel'], np.float64)) + params['bias']
+  np.testing.assert_allclose(y.reshape(6, 5, 6, 5), expected, atol=1e-5)
+  params, y = _init_apply(layers.Conv1x1(3, use_bias=True), x)
+  expected = x @ np.asarray(params['kernel'])[0, 0] + params['bias']
+  np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_conv3d_zero_pads_time():
+  """Frames outside [0, T) are zeros: a clip and its zero-extended copy agree on the original frames."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(1, 3, 4, 4, 2)).astype(np.float32)
+  module = layers.Conv3D(3)
+  params = module.init(jax.random.key(0), x)
+  y = np.asarray(module.apply(params, x))
+  x_ext = np.concatenate([np.zeros_like(x[:, :1]), x, np.zeros_like(x[:, :1])], axis=1)
+  y_ext = np.asarray(module.apply(params, x_ext))
+  np.testing.assert_allclose(y, y_ext[:, 1:-1], atol=1e-5)
+  # Independent check of one output value: frame 0 sees only frames 0 and 1 (tap kt=0 hits the zero frame).
+  kernel = np.asarray(params['params']['kernel'], np.float64)
+  xp = np.pad(x[0].astype(np.float64), ((1, 1), (1, 1), (1, 1), (0, 0)))
+  value = sum(xp[kt, 1 + dy, 1 + dx] @ kernel[kt, dy, dx]
+              for kt in range(3) for dy in range(3) for dx in range(3))
+  np.testing.assert_allclose(y[0, 0, 1, 1], value + params['params']['bias'], atol=1e-5)
+
+
+def test_bicam_boundary_rule():
+  """prev/next of the release's per-frame loop: frame 0 is its own predecessor, frame T-1 its own successor."""
+  x = np.arange(2 * 5).reshape(2, 5).astype(np.float32)[..., None]
+  prev = np.asarray(blocks.shift_previous(jnp.asarray(x)))
+  nxt = np.asarray(blocks.shift_next(jnp.asarray(x)))
+  t_count = x.shape[1]
+  for t in range(t_count):
+    expected_prev = x[:, 0] if t == 0 else x[:, t - 1]
+    expected_next = x[:, t_count - 1] if t == t_count - 1 else x[:, t + 1]
+    np.testing.assert_array_equal(prev[:, t], expected_prev)
+    np.testing.assert_array_equal(nxt[:, t], expected_next)
+
+
+def test_co_transformer_block_equals_per_frame_loop():
+  """The time-vectorised BiCAM layer equals the release's loop over frames with explicit neighbours."""
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(1, 4, 4, 4, 8)).astype(np.float32)
+  block = blocks.CoTransformerBlock(heads=2)
+  variables = block.init(jax.random.key(1), x)
+  y = np.asarray(block.apply(variables, x))
+  p = variables['params']
+  norm = layers.LayerNorm()
+  ln = lambda a: np.asarray(norm.apply({'params': p['norm1']}, a))
+  attn_p = p['attn']
+
+  def conv1(a, name):
+    return a @ np.asarray(attn_p[name]['kernel'])[0, 0]
+
+  def dw(a, name):
+    return _conv2d_numpy(a[None], np.asarray(attn_p[name]['kernel']), groups=a.shape[-1])[0]
+
+  def heads(a):  # (H, W, C) -> (h, ch, N)
+    return a.reshape(-1, 2, 4).transpose(1, 2, 0)
+
+  def l2n(a):
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+  def softmax(a):
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+  temp = np.asarray(attn_p['temperature'])[:, None, None]
+  for t in range(4):
+    xc, xp_, xn = x[0, t], x[0, max(t - 1, 0)], x[0, min(t + 1, 3)]
+    q = heads(dw(conv1(ln(xc), 'q'), 'q_dwconv'))
+    kvp = dw(conv1(ln(xp_), 'kv_prev'), 'kv_dwconv_prev')
+    kvn = dw(conv1(ln(xn), 'kv_next'), 'kv_dwconv_next')
+    kp, vp = heads(kvp[..., :8]), heads(kvp[..., 8:])
+    kn, vn = heads(kvn[..., :8]), heads(kvn[..., 8:])
+    a_p = softmax(l2n(q) @ l2n(kp).transpose(0, 2, 1) * temp)
+    a_n = softmax(l2n(q) @ l2n(kn).transpose(0, 2, 1) * temp)
+    a = softmax(a_p * a_n)
+    out = (a @ vp).transpose(2, 0, 1).reshape(4, 4, 8) + (a @ vn).transpose(2, 0, 1).reshape(4, 4, 8)
+    mid = xc + out @ np.asarray(attn_p['project_out']['kernel'])[0, 0]
+    ffn_in = np.asarray(norm.apply({'params': p['norm2']}, mid))
+    ffn = p['ffn']
+    hdn = _conv2d_numpy((ffn_in @ np.asarray(ffn['project_in']['kernel'])[0, 0])[None],
+                        np.asarray(ffn['dwconv']['kernel']), groups=16)[0]
+    gelu = np.asarray(jax.nn.gelu(jnp.asarray(hdn[..., :8]), approximate=False))
+    expected = mid + (gelu * hdn[..., 8:]) @ np.asarray(ffn['project_out']['kernel'])[0, 0]
+    np.testing.assert_allclose(y[0, t], expected, atol=2e-5)

@@ -1,0 +1,633 @@
+"""Tests of vfusion_jax.metrics against METRICS.md.
+
+Every expected value comes from a hand computation, a closed form, another
+library (scikit-image, scipy.signal, OpenCV, statistics) or a literal
+transcription of the MATLAB toolbox written here with loops and 2-D kernels,
+never from the code under test. Real M3SVD frames are read from
+``../shared/data`` when it exists; synthetic frames are used always.
+"""
+
+import math
+import pathlib
+import statistics
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+from scipy import signal
+
+from vfusion_jax import metrics
+
+DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'm3svd_sample'
+VIDEOS = ('0111_1716', '0115_1834')
+
+# METRICS.md §9: (kind, tolerance) per metric key.
+TOLERANCES = {
+    'EN': ('abs', 1e-9),
+    'MI': ('abs', 1e-9),
+    'MI_nomerge': ('abs', 1e-9),
+    'SF': ('rel', 1e-9),
+    'SD': ('rel', 1e-9),
+    'VIF': ('abs', 1e-6),
+    'SSIM': ('abs', 1e-6),
+    'SSIM_toolboxL1': ('abs', 1e-6),
+    'Qabf': ('abs', 1e-6),
+}
+FLOWD_TOL = 1e-4
+# scikit-image's Gaussian SSIM matches MATLAB's map 5 px inside the border.
+SSIM_BORDER = 5
+SKIMAGE_MAP_TOL = 1e-9
+GRAY_COEFFS = (0.298936021293775, 0.587043074451121, 0.114020904255103)
+EPS = np.finfo(np.float64).eps
+
+
+def _assert_close(key, got, want):
+  kind, tol = TOLERANCES[key]
+  err = abs(got - want) if kind == 'abs' else abs(got - want) / abs(want)
+  assert err <= tol, f'{key}: got {got!r}, want {want!r} ({kind} err {err:.3g} > {tol})'
+
+
+# ----------------------------------------------------------------------------
+# Frames.
+
+
+def _smooth_u8(rng, shape, sigma):
+  """Textured uint8 frame spanning 0..255 (a blurred noise field)."""
+  x = ndimage.gaussian_filter(rng.uniform(0, 1, shape), sigma)
+  x = (x - x.min()) / (x.max() - x.min())
+  return np.round(255 * x).astype(np.uint8)
+
+
+def _synthetic_triple(h=64, w=80, seed=0):
+  """RGB fused, 3-equal-channel IR, RGB visible; fused has 254/255 pixels."""
+  rng = np.random.default_rng(seed)
+  ir = np.repeat(_smooth_u8(rng, (h, w), 3)[..., None], 3, axis=-1)
+  vi = np.stack([_smooth_u8(rng, (h, w), s) for s in (1.5, 2, 4)], axis=-1)
+  fused = np.round((ir.astype(np.float64) + vi) / 2).astype(np.uint8)
+  fused[: h // 8, : w // 8] = 255
+  fused[h // 8: h // 4, : w // 8] = 254
+  return fused, ir, vi
+
+
+def _load(folder, video, index):
+  return np.asarray(Image.open(DATA / folder / video / f'{index:04d}.png').convert('RGB'))
+
+
+def _real_triple(video, index=0, crop=(slice(200, 296), slice(260, 388))):
+  """A crop of real clean IR/visible frames and their average as fused."""
+  ir = _load('infrared_Enhance', video, index)[crop]
+  vi = _load('visible_Enhance', video, index)[crop]
+  fused = np.round((ir.astype(np.float64) + vi) / 2).astype(np.uint8)
+  return fused, ir, vi
+
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f'real M3SVD frames not found at {DATA}')
+
+
+# ----------------------------------------------------------------------------
+# Independent references (literal transcriptions of the toolbox).
+
+
+def _ref_gray(img):
+  """rgb2gray with round-half-away done per pixel by Python's round on |x|."""
+  if img.ndim == 2:
+    return img
+  r, g, b = (img[..., c].astype(np.float64) for c in range(3))
+  v = GRAY_COEFFS[0] * r + GRAY_COEFFS[1] * g + GRAY_COEFFS[2] * b
+  return np.vectorize(lambda z: int(math.floor(z + 0.5)))(v).astype(np.uint8)
+
+
+def _ref_entropy(values):
+  _, counts = np.unique(np.asarray(values), return_counts=True, axis=0)
+  n = counts.sum()
+  return -math.fsum(c / n * math.log2(c / n) for c in counts)
+
+
+def _ref_mi(f, x, merge):
+  """I(F;X) with np.histogram2d on explicit one-level-wide bins."""
+  edges = np.arange(257) - 0.5
+  fj, xj = (np.minimum(v, 254) if merge else v for v in (f, x))
+  joint, _, _ = np.histogram2d(fj.ravel(), xj.ravel(), bins=[edges, edges])
+  p = joint[joint > 0] / f.size
+  h_joint = -math.fsum(p * np.log2(p))
+  return _ref_entropy(f.ravel()) + _ref_entropy(x.ravel()) - h_joint
+
+
+def _ref_sf(f):
+  h, w = f.shape
+  rows = [(float(f[i + 1, j]) - float(f[i, j])) ** 2 for i in range(h - 1) for j in range(w)]
+  cols = [(float(f[i, j + 1]) - float(f[i, j])) ** 2 for i in range(h) for j in range(w - 1)]
+  return math.sqrt(math.fsum(rows) / len(rows) + math.fsum(cols) / len(cols))
+
+
+def _fspecial_gaussian(n, sigma):
+  r = (n - 1) / 2
+  y, x = np.mgrid[-r:r + 1, -r:r + 1]
+  h = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
+  h[h < EPS * h.max()] = 0
+  return h / h.sum()
+
+
+def _ref_ssim_map(x, y, dynamic_range):
+  """MATLAB ssim map: 2-D window, replicate padding via np.pad('edge')."""
+  win = _fspecial_gaussian(11, 1.5)
+
+  def filt(z):
+    return signal.correlate2d(np.pad(z, 5, mode='edge'), win, mode='valid')
+
+  x, y = x.astype(np.float64), y.astype(np.float64)
+  c1, c2 = (0.01 * dynamic_range) ** 2, (0.03 * dynamic_range) ** 2
+  mx, my = filt(x), filt(y)
+  sxx, syy, sxy = filt(x * x) - mx * mx, filt(y * y) - my * my, filt(x * y) - mx * my
+  return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+
+
+def _ref_vifp(ref, dist):
+  """vifp_mscale.m, statement by statement, with filter2 = correlate2d."""
+  ref, dist = ref.astype(np.float64), dist.astype(np.float64)
+  sigma_nsq = 2.0
+  num = den = 0.0
+  for scale in range(1, 5):
+    n = 2 ** (4 - scale + 1) + 1
+    win = _fspecial_gaussian(n, n / 5)
+    if scale > 1:
+      ref = signal.correlate2d(ref, win, mode='valid')[::2, ::2]
+      dist = signal.correlate2d(dist, win, mode='valid')[::2, ::2]
+    mu1 = signal.correlate2d(ref, win, mode='valid')
+    mu2 = signal.correlate2d(dist, win, mode='valid')
+    sigma1_sq = signal.correlate2d(ref * ref, win, mode='valid') - mu1 * mu1
+    sigma2_sq = signal.correlate2d(dist * dist, win, mode='valid') - mu2 * mu2
+    sigma12 = signal.correlate2d(ref * dist, win, mode='valid') - mu1 * mu2
+    sigma1_sq[sigma1_sq < 0] = 0
+    sigma2_sq[sigma2_sq < 0] = 0
+    g = sigma12 / (sigma1_sq + 1e-10)
+    sv_sq = sigma2_sq - g * sigma12
+    m = sigma1_sq < 1e-10
+    g[m] = 0
+    sv_sq[m] = sigma2_sq[m]
+    sigma1_sq[m] = 0
+    m = sigma2_sq < 1e-10
+    g[m] = 0
+    sv_sq[m] = 0
+    m = g < 0
+    sv_sq[m] = sigma2_sq[m]
+    g[m] = 0
+    sv_sq[sv_sq <= 1e-10] = 1e-10
+    num += np.sum(np.log10(1 + g ** 2 * sigma1_sq / (sv_sq + sigma_nsq)))
+    den += np.sum(np.log10(1 + sigma1_sq / sigma_nsq))
+  return num / den
+
+
+def _ref_sobel(x):
+  x = x.astype(np.float64)
+  sx = signal.convolve2d(x, np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]), mode='same')
+  sy = signal.convolve2d(x, np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]]), mode='same')
+  return sx, sy
+
+
+def _ref_qabf(a, b, f):
+  """analysis_Qabf.m with its per-pixel loops and if/else branches."""
+  tg, kg, dg, ta, ka, da = 0.9994, -15, 0.5, 0.9879, -22, 0.8
+
+  def grad_angle(x):
+    sx, sy = _ref_sobel(x)
+    g = np.sqrt(sx ** 2 + sy ** 2)
+    ang = np.zeros_like(g)
+    for i in range(g.shape[0]):
+      for j in range(g.shape[1]):
+        ang[i, j] = math.pi / 2 if sx[i, j] == 0 else math.atan(sy[i, j] / sx[i, j])
+    return g, ang
+
+  (ga, aa), (gb, ab), (gf, af) = grad_angle(a), grad_angle(b), grad_angle(f)
+  nume, deno = [], []
+  for i in range(ga.shape[0]):
+    for j in range(ga.shape[1]):
+      q = []
+      for gx, ax in ((ga, aa), (gb, ab)):
+        if gx[i, j] > gf[i, j]:
+          big_g = gf[i, j] / gx[i, j]
+        elif gx[i, j] == gf[i, j]:
+          big_g = gf[i, j]
+        else:
+          big_g = gx[i, j] / gf[i, j]
+        big_a = 1 - abs(ax[i, j] - af[i, j]) / (math.pi / 2)
+        q.append(tg / (1 + math.exp(kg * (big_g - dg))) * ta / (1 + math.exp(ka * (big_a - da))))
+      nume.append(q[0] * ga[i, j] + q[1] * gb[i, j])
+      deno.append(ga[i, j] + gb[i, j])
+  return math.fsum(nume) / math.fsum(deno)
+
+
+def _reference_metrics(fused, ir, vi):
+  f, a, b = _ref_gray(fused), _ref_gray(ir), _ref_gray(vi)
+  ssim_a = {L: _ref_ssim_map(f, a, L).mean() for L in (255, 1)}
+  ssim_b = {L: _ref_ssim_map(f, b, L).mean() for L in (255, 1)}
+  return {
+      'EN': _ref_entropy(f.ravel()),
+      'MI': _ref_mi(f, a, True) + _ref_mi(f, b, True),
+      'MI_nomerge': _ref_mi(f, a, False) + _ref_mi(f, b, False),
+      'SF': _ref_sf(f),
+      'SD': statistics.pstdev(float(v) for v in f.ravel()),
+      'VIF': _ref_vifp(a, f) + _ref_vifp(b, f),
+      'SSIM': 0.5 * ssim_a[255] + 0.5 * ssim_b[255],
+      'SSIM_toolboxL1': 0.5 * ssim_a[1] + 0.5 * ssim_b[1],
+      'Qabf': _ref_qabf(a, b, f),
+  }
+
+
+# ----------------------------------------------------------------------------
+# Grey conversion and quantisation.
+
+
+def test_rgb_to_gray_hand_values():
+  # 0.298936*255 = 76.23, 0.587043*255 = 149.70, 0.114021*255 = 29.08,
+  # (0.298936 + 0.587043)*200 = 177.196.
+  img = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [200, 200, 0]]], np.uint8)
+  np.testing.assert_array_equal(metrics.rgb_to_gray(img), [[76, 150, 29, 177]])
+
+
+def test_rgb_to_gray_equal_channels_and_grey_passthrough():
+  levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+  np.testing.assert_array_equal(metrics.rgb_to_gray(np.stack([levels] * 3, -1)), levels)
+  np.testing.assert_array_equal(metrics.rgb_to_gray(levels), levels)
+
+
+def test_rgb_to_gray_matches_reference_on_random_colours():
+  img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(metrics.rgb_to_gray(img), _ref_gray(img))
+
+
+def test_quantize_fused_hand_values():
+  # y = [0, .25, .5, 1] -> 255 y = [0, 63.75, 127.5, 255].
+  x = np.array([1.0, 2.0, 3.0, 5.0], np.float32)
+  np.testing.assert_array_equal(metrics.quantize_fused(x), [0, 64, 128, 255])
+
+
+def test_quantize_fused_stretches_over_all_channels_like_tensor2img():
+  rng = np.random.default_rng(2)
+  x = rng.uniform(0.1, 0.7, (3, 24, 32)).astype(np.float32)
+  x[0] *= 0.5  # One channel darker: min/max are global, not per channel.
+  lo, hi = x.min(), x.max()
+  want = (((x - lo) / (hi - lo)) * np.float32(255.0)).round().astype(np.uint8)
+  got = metrics.quantize_fused(x)
+  np.testing.assert_array_equal(got, want)
+  assert got.min() == 0 and got.max() == 255
+  assert got[0].max() < 255  # The dark channel is not stretched on its own.
+
+
+def test_quantize_fused_constant_frame():
+  np.testing.assert_array_equal(metrics.quantize_fused(np.full((3, 4, 5), 0.3)), 0)
+
+
+# ----------------------------------------------------------------------------
+# EN.
+
+
+def test_en_hand_values():
+  assert metrics.en(np.full((8, 8), 77, np.uint8)) == 0.0
+  two_level = np.array([[0, 255], [255, 0]], np.uint8)
+  assert metrics.en(two_level) == 1.0
+  # p = (1/2, 1/4, 1/4) -> 1.5 bits.
+  assert metrics.en(np.array([[5, 5], [9, 200]], np.uint8)) == pytest.approx(1.5, abs=1e-12)
+
+
+def test_en_uniform_histogram_is_8_bits():
+  levels = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
+  assert metrics.en(levels) == 8.0
+
+
+def test_en_counts_grey_levels_not_min_max_bins():
+  # Two levels far apart and two adjacent ones: np.histogram(bins=256) would
+  # still give 1 and 1 here, but levels 10 and 11 next to 250 must not merge.
+  img = np.array([[10, 11], [250, 250]], np.uint8)
+  assert metrics.en(img) == pytest.approx(1.5, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# MI.
+
+
+def test_mi_of_identical_frames_is_twice_en_without_254_255():
+  f = _smooth_u8(np.random.default_rng(3), (40, 50), 2)
+  f = np.minimum(f, 253).astype(np.uint8)
+  want = 2 * _ref_entropy(f.ravel())
+  assert metrics.mi(f, f, f) == pytest.approx(want, abs=1e-9)
+  assert metrics.mi(f, f, f, joint_254_255_merge=False) == pytest.approx(want, abs=1e-9)
+
+
+def test_mi_254_255_merge_hand_values():
+  # Four levels, each 1/4: H(F) = 2. Merged joint: {0, 100, 254|255} with
+  # (1/4, 1/4, 1/2) -> 1.5, so I(F;F) = 2.5 and MI = 5. Unmerged: 4.
+  f = np.array([[0, 100], [254, 255]], np.uint8)
+  assert metrics.mi(f, f, f) == pytest.approx(5.0, abs=1e-12)
+  assert metrics.mi(f, f, f, joint_254_255_merge=False) == pytest.approx(4.0, abs=1e-12)
+  assert metrics.mutual_information(f, f) == pytest.approx(2.5, abs=1e-12)
+
+
+def test_mi_of_independent_frames_is_zero():
+  # Each value of F meets each value of X equally often.
+  f = np.array([[0, 0], [7, 7]], np.uint8)
+  x = np.array([[3, 9], [3, 9]], np.uint8)
+  assert metrics.mi(f, x, x) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mi_matches_histogram2d_reference():
+  fused, ir, vi = _synthetic_triple()
+  f, a, b = _ref_gray(fused), _ref_gray(ir), _ref_gray(vi)
+  for merge, key in ((True, 'MI'), (False, 'MI_nomerge')):
+    want = _ref_mi(f, a, merge) + _ref_mi(f, b, merge)
+    _assert_close(key, metrics.mi(fused, ir, vi, joint_254_255_merge=merge), want)
+  assert metrics.mi(fused, ir, vi) > metrics.mi(fused, ir, vi, joint_254_255_merge=False)
+
+
+# ----------------------------------------------------------------------------
+# SF and SD.
+
+
+def test_sf_hand_values():
+  ramp = np.tile(np.arange(0, 60, 3, dtype=np.uint8), (7, 1))  # f[i, j] = 3 j.
+  assert metrics.sf(ramp) == pytest.approx(3.0, rel=1e-12)
+  assert metrics.sf(np.full((5, 6), 9, np.uint8)) == 0.0
+  # Means over the number of differences: RF^2 = CF^2 = 100/2, SF = 10
+  # (dividing by H*W instead would give 7.07).
+  assert metrics.sf(np.array([[0, 0], [0, 10]], np.uint8)) == pytest.approx(10.0, rel=1e-12)
+  checker = (np.indices((6, 6)).sum(0) % 2 * 255).astype(np.uint8)
+  assert metrics.sf(checker) == pytest.approx(255 * math.sqrt(2), rel=1e-12)
+
+
+def test_sd_hand_values():
+  assert metrics.sd(np.full((5, 6), 200, np.uint8)) == 0.0
+  assert metrics.sd(np.array([[0, 255], [255, 0]], np.uint8)) == pytest.approx(127.5, rel=1e-12)
+  # Population (ddof = 0): values 1, 3 -> 1, not sqrt(2).
+  assert metrics.sd(np.array([[1, 3]] * 2, np.uint8)) == pytest.approx(1.0, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# SSIM.
+
+
+def test_ssim_of_identical_frames_is_exactly_one():
+  x = _smooth_u8(np.random.default_rng(4), (30, 40), 2)
+  for dynamic_range in (255.0, 1.0):
+    assert metrics.ssim_pair(x, x, dynamic_range) == 1.0
+    assert metrics.ssim(x, x, x, dynamic_range) == 1.0
+
+
+def test_ssim_is_symmetric():
+  rng = np.random.default_rng(5)
+  x, y = _smooth_u8(rng, (30, 40), 2), _smooth_u8(rng, (30, 40), 3)
+  assert metrics.ssim_pair(x, y) == pytest.approx(metrics.ssim_pair(y, x), abs=1e-15)
+
+
+def test_ssim_constant_frames_closed_form():
+  # sigma = 0 everywhere: map = (2cd + C1) / (c^2 + d^2 + C1).
+  c, d, c1 = 100.0, 60.0, (0.01 * 255) ** 2
+  x, y = np.full((12, 13), c, np.uint8), np.full((12, 13), d, np.uint8)
+  want = (2 * c * d + c1) / (c * c + d * d + c1)
+  np.testing.assert_allclose(metrics.ssim_map(x, y), want, rtol=1e-12)
+
+
+def test_ssim_fusion_is_an_average():
+  rng = np.random.default_rng(6)
+  f, a, b = (_smooth_u8(rng, (30, 40), s) for s in (2, 3, 4))
+  want = 0.5 * _ref_ssim_map(f, a, 255).mean() + 0.5 * _ref_ssim_map(f, b, 255).mean()
+  _assert_close('SSIM', metrics.ssim(f, a, b), want)
+
+
+@pytest.mark.parametrize('dynamic_range', [255.0, 1.0])
+def test_ssim_map_full_matches_replicate_padded_reference(dynamic_range):
+  fused, ir, _ = _synthetic_triple(48, 56, seed=7)
+  got = metrics.ssim_map(fused, ir, dynamic_range)
+  want = _ref_ssim_map(_ref_gray(fused), _ref_gray(ir), dynamic_range)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+@needs_data
+@pytest.mark.parametrize('dynamic_range', [255.0, 1.0])
+def test_ssim_map_interior_matches_skimage_on_real_frames(dynamic_range):
+  skimage_metrics = pytest.importorskip('skimage.metrics')
+  ir, vi = _load('infrared_Enhance', VIDEOS[1], 0), _load('visible_Enhance', VIDEOS[1], 0)
+  x, y = _ref_gray(ir).astype(np.float64), _ref_gray(vi).astype(np.float64)
+  _, want = skimage_metrics.structural_similarity(
+      x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+      data_range=dynamic_range, full=True)
+  got = metrics.ssim_map(ir, vi, dynamic_range)
+  inner = (slice(SSIM_BORDER, -SSIM_BORDER),) * 2
+  np.testing.assert_allclose(got[inner], want[inner], rtol=0, atol=SKIMAGE_MAP_TOL)
+
+
+# ----------------------------------------------------------------------------
+# VIF.
+
+
+def test_vifp_of_identical_frames_is_about_one():
+  x = _smooth_u8(np.random.default_rng(8), (64, 80), 2)
+  assert abs(metrics.vifp(x, x) - 1.0) < 1e-9
+  assert abs(metrics.vif(x, x, x) - 2.0) < 2e-9  # A sum, not a mean.
+
+
+def test_vifp_matches_literal_transcription_and_order_matters():
+  fused, ir, vi = _synthetic_triple(64, 80, seed=9)
+  f, a = _ref_gray(fused), _ref_gray(ir)
+  _assert_close('VIF', metrics.vifp(ir, fused), _ref_vifp(a, f))
+  _assert_close('VIF', metrics.vifp(fused, ir), _ref_vifp(f, a))
+  assert abs(_ref_vifp(a, f) - _ref_vifp(f, a)) > 1e-3
+
+
+def test_vif_handles_flat_regions_like_the_toolbox():
+  # Flat reference and flat distorted areas exercise every mask of §7.
+  fused, ir, vi = _synthetic_triple(64, 80, seed=10)
+  ir = ir.copy()
+  ir[:32] = 128
+  fused = fused.copy()
+  fused[:, :40] = 90
+  want = _ref_vifp(_ref_gray(ir), _ref_gray(fused)) + _ref_vifp(_ref_gray(vi), _ref_gray(fused))
+  _assert_close('VIF', metrics.vif(fused, ir, vi), want)
+
+
+# ----------------------------------------------------------------------------
+# Qabf.
+
+
+def test_qabf_of_identical_frames_closed_form():
+  # G = g at equal gradients (toolbox quirk), orientation factor 0.9879 / (1 + e^-4.4).
+  x = _smooth_u8(np.random.default_rng(11), (48, 64), 1.5)
+  sx, sy = _ref_sobel(x)
+  g = np.sqrt(sx ** 2 + sy ** 2)
+  q = 0.9994 / (1 + np.exp(-15 * (g - 0.5))) * 0.9879 / (1 + math.exp(-22 * 0.2))
+  want = np.sum(2 * q * g) / np.sum(2 * g)
+  got = metrics.qabf(x, x, x)
+  _assert_close('Qabf', got, want)
+  assert 0.97 < got < 0.98
+
+
+def test_qabf_matches_loop_transcription():
+  fused, ir, vi = _synthetic_triple(36, 44, seed=12)
+  want = _ref_qabf(_ref_gray(ir), _ref_gray(vi), _ref_gray(fused))
+  _assert_close('Qabf', metrics.qabf(fused, ir, vi), want)
+
+
+# ----------------------------------------------------------------------------
+# fusion_metrics against the references, with the §9 tolerance table.
+
+
+def test_fusion_metrics_keys():
+  out = metrics.fusion_metrics(*_synthetic_triple(24, 24))
+  assert tuple(out) == metrics.METRIC_KEYS
+  assert set(out) == set(TOLERANCES)
+  assert all(isinstance(v, float) for v in out.values())
+
+
+def test_fusion_metrics_tolerance_table_synthetic():
+  triple = _synthetic_triple(48, 60, seed=13)
+  got = metrics.fusion_metrics(*triple)
+  want = _reference_metrics(*triple)
+  for key in TOLERANCES:
+    _assert_close(key, got[key], want[key])
+
+
+@needs_data
+def test_fusion_metrics_tolerance_table_real_frames_and_video_mean():
+  frames = [_real_triple(VIDEOS[0], i, crop=(slice(180, 228), slice(300, 360))) for i in (0, 10)]
+  frames.append(_real_triple(VIDEOS[1], 5, crop=(slice(300, 348), slice(100, 160))))
+  got = [metrics.fusion_metrics(*t) for t in frames]
+  want = [_reference_metrics(*t) for t in frames]
+  for key in TOLERANCES:
+    for g, w in zip(got, want):
+      _assert_close(key, g[key], w[key])
+    _assert_close(key, np.mean([g[key] for g in got]), np.mean([w[key] for w in want]))
+
+
+@needs_data
+def test_fusion_metrics_full_frame_ranges():
+  fused, ir, vi = _real_triple(VIDEOS[0], 0, crop=(slice(None), slice(None)))
+  out = metrics.fusion_metrics(fused, ir, vi)
+  assert 0 < out['EN'] <= 8 and 0 < out['MI'] <= 16
+  assert out['MI'] >= out['MI_nomerge']
+  assert 0 < out['SF'] and 0 < out['SD'] <= 127.5
+  assert 0 < out['VIF'] and 0 < out['Qabf'] < 1
+  assert 0 < out['SSIM_toolboxL1'] < out['SSIM'] < 1
+  _assert_close('EN', out['EN'], _ref_entropy(_ref_gray(fused).ravel()))
+
+
+def test_rgb_fused_equals_its_grey():
+  fused, ir, vi = _synthetic_triple(32, 40, seed=14)
+  a = metrics.fusion_metrics(fused, ir, vi)
+  b = metrics.fusion_metrics(_ref_gray(fused), _ref_gray(ir)[..., None], _ref_gray(vi))
+  assert a == b
+
+
+# ----------------------------------------------------------------------------
+# Input validation.
+
+
+def test_rejects_non_uint8():
+  x = np.zeros((8, 8), np.float32)
+  with pytest.raises(ValueError, match='uint8'):
+    metrics.en(x)
+  with pytest.raises(ValueError, match='uint8'):
+    metrics.fusion_metrics(x, x.astype(np.uint8), x.astype(np.uint8))
+
+
+def test_rejects_mismatched_and_bad_shapes():
+  a, b = np.zeros((8, 8), np.uint8), np.zeros((8, 9), np.uint8)
+  with pytest.raises(ValueError, match=r'\(H, W\)'):
+    metrics.fusion_metrics(a, a, b)
+  with pytest.raises(ValueError, match='shape'):
+    metrics.sd(np.zeros((8, 8, 4), np.uint8))
+  with pytest.raises(ValueError, match='at least'):
+    metrics.sf(np.zeros((1, 8), np.uint8))
+  with pytest.raises(ValueError, match='float'):
+    metrics.quantize_fused(a)
+
+
+def test_temporal_input_validation():
+  seq = np.zeros((3, 8, 8), np.uint8)
+  with pytest.raises(ValueError, match='at least 2 frames'):
+    metrics.tdiff(seq[:1])
+  with pytest.raises(ValueError, match='uint8'):
+    metrics.tdiff(seq.astype(np.float32))
+  with pytest.raises(ValueError, match='share'):
+    metrics.flowd_fb(seq, seq[:2])
+
+
+# ----------------------------------------------------------------------------
+# Temporal metrics.
+
+
+def test_tdiff_hand_values():
+  grey = np.stack([np.full((4, 5), v, np.uint8) for v in (10, 13, 7)])
+  assert metrics.tdiff(grey) == pytest.approx((3 + 6) / 2, rel=1e-12)
+  rgb = np.zeros((2, 4, 5, 3), np.uint8)
+  rgb[1, ..., 0], rgb[1, ..., 1] = 3, 4  # L2 over channels: 5.
+  assert metrics.tdiff(rgb) == pytest.approx(5.0, rel=1e-12)
+
+
+def test_warp_bilinear_matches_map_coordinates():
+  rng = np.random.default_rng(15)
+  frame = rng.uniform(0, 255, (20, 30, 3))
+  flow = rng.uniform(-6, 6, (20, 30, 2))  # Includes samples outside the frame.
+  rows, cols = np.meshgrid(np.arange(20.0), np.arange(30.0), indexing='ij')
+  coords = [rows + flow[..., 1], cols + flow[..., 0]]
+  want = np.stack([ndimage.map_coordinates(frame[..., c], coords, order=1, mode='nearest')
+                   for c in range(3)], -1)
+  np.testing.assert_allclose(metrics.warp_bilinear(frame, flow), want, rtol=0, atol=1e-10)
+
+
+def test_warp_bilinear_integer_shift_replicates_edge():
+  frame = np.arange(12.0).reshape(3, 4)
+  flow = np.zeros((3, 4, 2))
+  flow[..., 0] = 1.0  # Sample one column to the right.
+  want = np.array([[1, 2, 3, 3], [5, 6, 7, 7], [9, 10, 11, 11]], np.float64)
+  np.testing.assert_array_equal(metrics.warp_bilinear(frame, flow), want)
+
+
+def test_flowd_fb_static_and_zero_flow_cases():
+  rng = np.random.default_rng(16)
+  still = np.stack([_smooth_u8(rng, (32, 40), 2)] * 3)
+  assert metrics.tdiff(still) == 0.0
+  # Farneback returns small non-zero flows near the border of still frames.
+  assert metrics.flowd_fb(still, still) < 0.1
+  # A flat guide gives zero Farneback flow, so flowD_fb reduces to tdiff.
+  flat_guide = np.full((3, 32, 40), 120, np.uint8)
+  flicker = np.stack([_smooth_u8(rng, (32, 40), 2) for _ in range(3)])
+  assert metrics.flowd_fb(flicker, flat_guide) == pytest.approx(metrics.tdiff(flicker), abs=1e-12)
+
+
+def test_backward_flow_direction_and_motion_compensation():
+  rng = np.random.default_rng(17)
+  base = _smooth_u8(rng, (64, 96), 2.5)
+  shift = 2
+  # Content moves right by `shift`: V_t(x) = V_{t-1}(x - shift), so u ~ -shift.
+  video = np.stack([base[:, 8 - shift * t: 8 - shift * t + 80] for t in range(3)])
+  flow = metrics.farneback_backward_flow(video[1], video[0])
+  assert np.median(flow[12:-12, 12:-12, 0]) == pytest.approx(-shift, abs=0.05)
+  assert np.median(np.abs(flow[12:-12, 12:-12, 1])) < 0.05
+  assert metrics.flowd_fb(video, video) < 0.25 * metrics.tdiff(video)
+
+
+@needs_data
+def test_flowd_fb_matches_independent_warp_on_real_video():
+  cv2 = pytest.importorskip('cv2')
+  crop = (slice(120, 240), slice(200, 360))
+  fused = np.stack([_real_triple(VIDEOS[0], i, crop)[0] for i in range(3)])
+  guide = np.stack([_load('visible_Enhance', VIDEOS[0], i)[crop] for i in range(3)])
+  guide_gray = [_ref_gray(v) for v in guide]
+  h, w = fused.shape[1:3]
+  rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
+                           indexing='ij')
+  dists = []
+  for t in (1, 2):
+    u = cv2.calcOpticalFlowFarneback(guide_gray[t], guide_gray[t - 1], None,
+                                     0.5, 3, 15, 3, 5, 1.2, 0)
+    u = u.astype(np.float64)
+    coords = [rows + u[..., 1], cols + u[..., 0]]
+    warped = np.stack([ndimage.map_coordinates(fused[t - 1, ..., c].astype(np.float64), coords,
+                                               order=1, mode='nearest') for c in range(3)], -1)
+    dists.append(np.mean(np.linalg.norm(fused[t].astype(np.float64) - warped, axis=-1)))
+  assert abs(metrics.flowd_fb(fused, guide) - np.mean(dists)) <= FLOWD_TOL
+
+
+def test_intensity_curve():
+  seq = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (10, 20, 30)])
+  np.testing.assert_array_equal(metrics.intensity_curve(seq), [10.0, 20.0, 30.0])

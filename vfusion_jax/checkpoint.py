@@ -1,0 +1,130 @@
+"""Checkpoint formats.
+
+The **inference checkpoint** is the one format that conversion, evaluation, inference and training's export
+all read and write: a directory holding
+
+  params/        an Orbax PyTree checkpoint of the Flax params (float32)
+  config.json    the model config (the keyword arguments of ``VideoFusion``)
+  metadata.json  provenance (source, step, versions); informational only
+
+It is written to a temporary sibling directory and renamed into place, so a failed write never leaves a
+half-written checkpoint under the final name, and an existing one is never replaced without ``overwrite``.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+PARAMS_DIR = 'params'
+CONFIG_FILE = 'config.json'
+METADATA_FILE = 'metadata.json'
+FORMAT_VERSION = 1
+
+
+def _jsonable(value):
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, Mapping):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, jnp.dtype) or isinstance(value, type):
+    return jnp.dtype(value).name
+  return value
+
+
+def model_config_to_dict(model_config: Mapping[str, Any]) -> dict:
+  """A JSON-serialisable copy of the model config (tuples become lists)."""
+  if isinstance(model_config, ml_collections.ConfigDict):
+    model_config = model_config.to_dict()
+  return _jsonable(dict(model_config))
+
+
+def model_config_from_dict(data: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The inverse of ``model_config_to_dict``: lists become tuples again."""
+  return ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def abstract_params(model_config: Mapping[str, Any]):
+  """ShapeDtypeStructs of the params of ``VideoFusion(**model_config)`` on the default device."""
+  from vfusion_jax.models import VideoFusion  # pylint: disable=g-import-not-at-top
+
+  model = VideoFusion(**dict(model_config))
+  dummy = jax.ShapeDtypeStruct((1, 2, 4, 4, model.in_channels), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), dummy, dummy)['params']
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def save_inference_checkpoint(directory: str, params: Any, model_config: Mapping[str, Any], *,
+                              overwrite: bool = False, metadata: Mapping[str, Any] | None = None) -> str:
+  """Writes ``params`` (a Flax params tree) and ``model_config`` as an inference checkpoint at ``directory``.
+
+  Raises FileExistsError if ``directory`` exists and ``overwrite`` is False. Returns the absolute path.
+  """
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and not overwrite:
+    raise FileExistsError(f'{directory} already exists; pass overwrite=True (--overwrite) to replace it')
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.', dir=parent)
+  try:
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(staging, PARAMS_DIR), params)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    with open(os.path.join(staging, CONFIG_FILE), 'w') as f:
+      json.dump(model_config_to_dict(model_config), f, indent=2, sort_keys=True)
+    info = {'format_version': FORMAT_VERSION, 'jax_version': jax.__version__, **_jsonable(dict(metadata or {}))}
+    with open(os.path.join(staging, METADATA_FILE), 'w') as f:
+      json.dump(info, f, indent=2, sort_keys=True)
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.rename(staging, directory)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return directory
+
+
+def load_model_config(directory: str) -> ml_collections.ConfigDict:
+  """Reads ``config.json`` of an inference checkpoint."""
+  path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{directory} is not an inference checkpoint: {CONFIG_FILE} is missing')
+  with open(path) as f:
+    return model_config_from_dict(json.load(f))
+
+
+def load_inference_checkpoint(directory: str, model_config: Mapping[str, Any] | None = None):
+  """Reads an inference checkpoint -> (params, model_config).
+
+  If ``model_config`` is given it must describe the same network as the checkpoint's own config (every
+  field that changes parameter shapes); the checkpoint's config is returned in any case.
+  """
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(os.path.join(directory, PARAMS_DIR)):
+    raise FileNotFoundError(f'{directory} is not an inference checkpoint: {PARAMS_DIR}/ is missing')
+  stored = load_model_config(directory)
+  if model_config is not None:
+    wanted = model_config_to_dict(model_config)
+    have = model_config_to_dict(stored)
+    diff = {k: (have.get(k), wanted.get(k)) for k in set(have) | set(wanted)
+            if k != 'dtype' and have.get(k) != wanted.get(k)}
+    if diff:
+      raise ValueError(f'checkpoint {directory} was written for another model config; '
+                       f'(checkpoint, requested) differ in: {diff}')
+  target = abstract_params(stored)
+  checkpointer = ocp.StandardCheckpointer()
+  params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), target)
+  checkpointer.close()
+  return params, stored

@@ -1,0 +1,411 @@
+"""Metric writing, console progress and image grids for training and evaluation.
+
+`clu.metric_writers` imports TensorFlow (STACK.md section A.2), so this module provides a small
+clu-compatible `MetricWriter` instead: absl log lines + a JSON-lines file + TensorBoard event files
+through tensorboardX (pure Python; its event file writer already runs on a background thread).
+"""
+
+import json
+import math
+import os
+import pathlib
+import secrets
+import sys
+import threading
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from absl import logging
+import numpy as np
+from PIL import Image
+
+PathLike = Union[str, os.PathLike]
+
+METRICS_FILENAME = 'metrics.jsonl'
+HPARAMS_FILENAME = 'hparams.json'
+# How often (seconds) the tensorboardX background thread flushes event files to disk.
+TENSORBOARD_FLUSH_SECS = 30
+# Pending tensorboardX events before `add_*` blocks until the background thread drains them.
+TENSORBOARD_MAX_QUEUE = 100
+# Significant digits of scalars in absl log lines.
+LOG_DIGITS = 6
+
+SEPARATOR_PX = 2
+SEPARATOR_VALUE = 255  # White lines between panels.
+UINT8_MAX = 255
+
+
+def _to_python_scalar(name: str, value: Any) -> Union[int, float]:
+  """Converts a Python/numpy/jax scalar (or size-1 array) to int or float for JSON and TensorBoard."""
+  if isinstance(value, (bool, np.bool_)):
+    return int(value)
+  if isinstance(value, int):
+    return value
+  if isinstance(value, float):
+    return value
+  array = np.asarray(value)  # Also pulls jax arrays to host.
+  if array.size != 1:
+    raise ValueError(f'Scalar {name!r} must have exactly one element, got shape {array.shape}.')
+  item = array.reshape(()).item()
+  if isinstance(item, bool):
+    return int(item)
+  if isinstance(item, (int, float)):
+    return item
+  raise ValueError(f'Scalar {name!r} has non-numeric dtype {array.dtype}.')
+
+
+def _to_uint8_image(name: str, image: Any) -> np.ndarray:
+  """Returns images as uint8 (N, H, W, 3) from uint8 or float-in-[0, 1] (H, W[, C]) or (N, H, W, C)."""
+  array = np.asarray(image)
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim == 3:
+    array = array[None]
+  if array.ndim != 4 or array.shape[-1] not in (1, 3):
+    raise ValueError(f'Image {name!r} must be (H,W,C) or (N,H,W,C) with C in (1, 3), got {array.shape}.')
+  if array.dtype != np.uint8:
+    if not np.issubdtype(array.dtype, np.floating):
+      raise ValueError(f'Image {name!r} must be uint8 or float in [0, 1], got dtype {array.dtype}.')
+    array = np.round(np.clip(array, 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
+  if array.shape[-1] == 1:
+    array = np.repeat(array, 3, axis=-1)
+  return array
+
+
+def _hparam_value(value: Any) -> Union[bool, int, float, str]:
+  """Maps a hyper-parameter to a type the TensorBoard hparams plugin knows (others become strings)."""
+  if isinstance(value, (bool, int, float, str)):
+    return value
+  if isinstance(value, (np.generic, np.ndarray)) and np.asarray(value).size == 1:
+    return np.asarray(value).item()
+  return str(value)
+
+
+def _format_scalars(scalars: Mapping[str, Union[int, float]]) -> str:
+  return ', '.join(f'{k}={v:.{LOG_DIGITS}g}' if isinstance(v, float) else f'{k}={v}'
+                   for k, v in scalars.items())
+
+
+class MetricWriter:
+  """clu-style metric writer: absl log + `metrics.jsonl` + optional TensorBoard event files.
+
+  Every `write_scalars` call appends one JSON object `{"step": s, name: value, ...}` to
+  `<workdir>/metrics.jsonl` (append mode, so resumed runs keep old lines; a step may repeat after a
+  resume). Images and text go to TensorBoard only; hyper-parameters also go to `hparams.json`.
+  With `enabled=False` (non-zero processes in multi-host runs) every method is a no-op and nothing is
+  created on disk.
+
+  The JSONL file is flushed (not fsynced) after each write: one small write syscall per log step.
+  TensorBoard events are queued and written by tensorboardX's own background thread; `flush()` and
+  `close()` drain it.
+  """
+
+  def __init__(self, workdir: PathLike, *, enabled: bool = True, tensorboard: bool = True):
+    self._enabled = enabled
+    self._workdir = pathlib.Path(workdir)
+    self._lock = threading.Lock()
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    self._workdir.mkdir(parents=True, exist_ok=True)
+    metrics_path = self._workdir / METRICS_FILENAME
+    needs_newline = _ends_without_newline(metrics_path)
+    self._jsonl = open(metrics_path, 'a', encoding='utf-8')
+    if needs_newline:  # A crash cut the last line short: keep it on its own line.
+      self._jsonl.write('\n')
+    if tensorboard:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      self._tb = tensorboardX.SummaryWriter(
+          logdir=str(self._workdir), flush_secs=TENSORBOARD_FLUSH_SECS, max_queue=TENSORBOARD_MAX_QUEUE)
+
+  @property
+  def enabled(self) -> bool:
+    return self._enabled
+
+  @property
+  def workdir(self) -> pathlib.Path:
+    return self._workdir
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    """Logs scalars (Python, numpy or jax scalars / size-1 arrays) for `step`."""
+    if not self._enabled or not scalars:
+      return
+    step = int(step)
+    values = {str(k): _to_python_scalar(str(k), v) for k, v in scalars.items()}
+    logging.info('[%d] %s', step, _format_scalars(values))
+    record = {'step': step, **values}
+    with self._lock:
+      self._check_open()
+      self._jsonl.write(json.dumps(record) + '\n')
+      self._jsonl.flush()
+      if self._tb is not None:
+        for name, value in values.items():
+          self._tb.add_scalar(name, value, global_step=step)
+
+  def write_images(self, step: int, images: Mapping[str, Any]):
+    """Logs images: uint8 (or float in [0, 1]) arrays of shape (H,W,C) or (N,H,W,C), C in (1, 3).
+
+    TensorBoard files from tensorboardX hold one image per tag and step, so a batch of N > 1 images
+    is written under tags `name/0` ... `name/N-1`.
+    """
+    if not self._enabled or not images:
+      return
+    batches = {str(k): _to_uint8_image(str(k), v) for k, v in images.items()}
+    logging.info('[%d] images: %s', int(step),
+                 ', '.join(f'{k}{tuple(v.shape)}' for k, v in batches.items()))
+    with self._lock:
+      self._check_open()
+      if self._tb is None:
+        return
+      for name, batch in batches.items():
+        for i, image in enumerate(batch):
+          tag = name if len(batch) == 1 else f'{name}/{i}'
+          self._tb.add_image(tag, image, global_step=int(step), dataformats='HWC')
+
+  def write_texts(self, step: int, texts: Mapping[str, str]):
+    """Logs text summaries (rendered as markdown by TensorBoard)."""
+    if not self._enabled or not texts:
+      return
+    for name, text in texts.items():
+      logging.info('[%d] %s: %s', int(step), name, text)
+    with self._lock:
+      self._check_open()
+      if self._tb is None:
+        return
+      for name, text in texts.items():
+        self._tb.add_text(str(name), str(text), global_step=int(step))
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    """Logs hyper-parameters to the log, `hparams.json` and TensorBoard's hparams plugin.
+
+    Values other than bool/int/float/str (tuples, None, ...) are stored as their string form.
+    """
+    if not self._enabled or not hparams:
+      return
+    values = {str(k): _hparam_value(v) for k, v in hparams.items()}
+    logging.info('Hyper-parameters: %s', json.dumps(values, sort_keys=True))
+    with self._lock:
+      self._check_open()
+      _write_text_atomic(self._workdir / HPARAMS_FILENAME, json.dumps(values, indent=2, sort_keys=True) + '\n')
+      if self._tb is None:
+        return
+      from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+      experiment, session_start, session_end = summary.hparams(values, {})
+      file_writer = self._tb._get_file_writer()  # pylint: disable=protected-access
+      for proto in (experiment, session_start, session_end):
+        file_writer.add_summary(proto)
+
+  def flush(self):
+    """Pushes everything written so far to disk (blocks until TensorBoard's queue is drained)."""
+    if not self._enabled:
+      return
+    with self._lock:
+      if self._jsonl is not None:
+        self._jsonl.flush()
+      if self._tb is not None:
+        self._tb.flush()
+
+  def close(self):
+    """Flushes and closes all files; later writes raise. Safe to call twice."""
+    if not self._enabled:
+      return
+    with self._lock:
+      if self._jsonl is not None:
+        self._jsonl.close()
+        self._jsonl = None
+      if self._tb is not None:
+        self._tb.close()
+        self._tb = None
+
+  def _check_open(self):
+    if self._jsonl is None:
+      raise RuntimeError(f'MetricWriter for {self._workdir} is closed.')
+
+  def __enter__(self) -> 'MetricWriter':
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+
+def _ends_without_newline(path: pathlib.Path) -> bool:
+  """True if `path` exists, is non-empty and its last byte is not a newline."""
+  try:
+    with open(path, 'rb') as f:
+      f.seek(0, os.SEEK_END)
+      if f.tell() == 0:
+        return False
+      f.seek(-1, os.SEEK_END)
+      return f.read(1) != b'\n'
+  except FileNotFoundError:
+    return False
+
+
+def _write_text_atomic(path: pathlib.Path, text: str):
+  tmp = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.tmp')
+  try:
+    tmp.write_text(text, encoding='utf-8')
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def read_metrics(workdir_or_file: PathLike) -> list[dict[str, Any]]:
+  """Reads `metrics.jsonl` (given its workdir or the file itself) into a list of dicts.
+
+  Lines that do not parse (a line cut short by a crash) are skipped with a warning.
+  """
+  path = pathlib.Path(workdir_or_file)
+  if path.is_dir():
+    path = path / METRICS_FILENAME
+  if not path.is_file():
+    raise FileNotFoundError(f'No metrics file at {path}.')
+  records = []
+  with open(path, encoding='utf-8') as f:
+    for line_number, line in enumerate(f, start=1):
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        logging.warning('Skipping malformed line %d of %s.', line_number, path)
+  return records
+
+
+def format_duration(seconds: float) -> str:
+  """Formats seconds as h:mm:ss (hours unbounded); '?' for non-finite input."""
+  if not math.isfinite(seconds):
+    return '?'
+  total = max(0, int(round(seconds)))
+  hours, rest = divmod(total, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}:{minutes:02d}:{secs:02d}'
+
+
+class ProgressLine:
+  """Prints one console line per log step: step/total, loss, steps/s, examples/s and ETA.
+
+  steps/s is measured over the interval since the previous call (the first interval, which usually
+  includes compilation, is measured from construction). The ETA uses the mean rate since the first
+  call, so compilation and single slow intervals do not dominate it.
+
+  Example:
+    progress = ProgressLine(total_steps=100_000, batch_size=8, start_step=restored_step)
+    progress(step, {'loss': loss})  # -> 'step 1200/100000 (1.2%) | loss 0.1234 | ...'
+  """
+
+  def __init__(self, total_steps: int, *, batch_size: Optional[int] = None, start_step: int = 0,
+               loss_key: str = 'loss', print_fn: Optional[Callable[[str], None]] = None,
+               clock: Callable[[], float] = time.monotonic):
+    self._total = int(total_steps)
+    self._batch_size = batch_size
+    self._loss_key = loss_key
+    self._print = print_fn or (lambda line: print(line, file=sys.stdout, flush=True))
+    self._clock = clock
+    self._last_step = int(start_step)
+    self._last_time = clock()
+    self._first_step = None
+    self._first_time = None
+
+  def _loss(self, scalars: Mapping[str, Any]) -> Optional[float]:
+    """The `loss_key` entry, else the first key ending in the loss key (e.g. 'train/loss')."""
+    if self._loss_key in scalars:
+      return float(np.asarray(scalars[self._loss_key]))
+    for key, value in scalars.items():
+      if str(key).endswith(self._loss_key):
+        return float(np.asarray(value))
+    return None
+
+  def __call__(self, step: int, scalars: Optional[Mapping[str, Any]] = None) -> str:
+    """Prints and returns the progress line for `step`."""
+    step = int(step)
+    now = self._clock()
+    elapsed = now - self._last_time
+    steps_per_sec = (step - self._last_step) / elapsed if elapsed > 0 else float('nan')
+    if self._first_time is None:
+      self._first_step, self._first_time = step, now
+      mean_rate = steps_per_sec
+    else:
+      span = now - self._first_time
+      mean_rate = (step - self._first_step) / span if span > 0 else float('nan')
+    eta = (self._total - step) / mean_rate if mean_rate > 0 else float('nan')
+    self._last_step, self._last_time = step, now
+
+    width = len(str(self._total))
+    parts = [f'step {step:>{width}d}/{self._total} ({100.0 * step / max(self._total, 1):5.1f}%)']
+    loss = self._loss(scalars or {})
+    if loss is not None:
+      parts.append(f'loss {loss:.4g}')
+    parts.append(f'{steps_per_sec:.2f} steps/s')
+    if self._batch_size:
+      parts.append(f'{steps_per_sec * self._batch_size:.1f} ex/s')
+    parts.append(f'ETA {format_duration(eta)}')
+    line = ' | '.join(parts)
+    self._print(line)
+    return line
+
+
+def _panel_to_uint8(panel: Any) -> np.ndarray:
+  """Float in [0, 1] (or uint8) (H,W), (H,W,1) or (H,W,3) -> uint8 (H,W,3)."""
+  array = np.asarray(panel)
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim != 3 or array.shape[-1] not in (1, 3):
+    raise ValueError(f'Panels must be (H,W), (H,W,1) or (H,W,3), got {array.shape}.')
+  if array.dtype != np.uint8:
+    array = np.round(np.clip(array.astype(np.float32), 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
+  if array.shape[-1] == 1:
+    array = np.repeat(array, 3, axis=-1)
+  return array
+
+
+def image_strip(rows: Sequence[Sequence[Any]], *, separator: int = SEPARATOR_PX,
+                separator_value: int = SEPARATOR_VALUE) -> np.ndarray:
+  """Tiles panels into one uint8 (H', W', 3) image for visual comparison.
+
+  Args:
+    rows: rows of panels (e.g. [[ir, visible, fused, restored], ...]); each panel is float in [0, 1]
+      (or uint8) of shape (H,W), (H,W,1) or (H,W,3); all panels must share (H, W). Grey panels are
+      repeated to 3 channels. Shorter rows are padded with the separator colour.
+    separator: width in pixels of the lines between panels (no outer border).
+    separator_value: grey level of the separator lines.
+
+  Returns:
+    uint8 array of shape (R*H + (R-1)*sep, C*W + (C-1)*sep, 3), C the longest row length.
+  """
+  panels = [[_panel_to_uint8(p) for p in row] for row in rows]
+  if not panels or not any(panels):
+    raise ValueError('image_strip needs at least one panel.')
+  shapes = {p.shape for row in panels for p in row}
+  if len(shapes) != 1:
+    raise ValueError(f'All panels must have the same shape, got {sorted(shapes)}.')
+  height, width, _ = shapes.pop()
+  num_rows, num_cols = len(panels), max(len(row) for row in panels)
+  out = np.full((num_rows * height + (num_rows - 1) * separator,
+                 num_cols * width + (num_cols - 1) * separator, 3), separator_value, np.uint8)
+  for r, row in enumerate(panels):
+    for c, panel in enumerate(row):
+      y, x = r * (height + separator), c * (width + separator)
+      out[y:y + height, x:x + width] = panel
+  return out
+
+
+def save_png(path: PathLike, image: np.ndarray):
+  """Writes a uint8 (H,W), (H,W,1) or (H,W,3) image as PNG atomically (temp file + rename)."""
+  array = np.asarray(image)
+  if array.dtype != np.uint8:
+    raise ValueError(f'save_png expects uint8, got {array.dtype} for {path}.')
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+    raise ValueError(f'save_png expects (H,W), (H,W,1) or (H,W,3), got {array.shape} for {path}.')
+  path = pathlib.Path(path)
+  tmp = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.tmp')
+  try:
+    Image.fromarray(array).save(tmp, format='PNG')
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+

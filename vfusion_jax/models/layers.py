@@ -1,0 +1,236 @@
+"""Primitive layers of VideoFusion, channels-last.
+
+Every layer here works on arrays of shape (*batch, H, W, C) with any number of leading batch axes (usually
+(B, T)), so the time axis never has to be folded into the batch and can be sharded. Parameter names and shapes
+follow the official PyTorch release (see ``vfusion_jax.convert``): ``kernel`` is (kh, kw, Cin, Cout), a
+depthwise kernel is (kh, kw, 1, C), a Conv3D kernel is (kt, kh, kw, Cin, Cout).
+
+Initialisers reproduce PyTorch's defaults (REFERENCE.md section 4) so that training from scratch starts from
+the same distribution as the official code.
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jax.Array
+Dtype = Any
+
+# PyTorch's default Conv initialisation is kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+# and the same bound for the bias.
+
+
+def torch_default_kernel_init(key, shape, dtype=jnp.float32):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for a channels-last kernel (*spatial, Cin_per_group, Cout)."""
+  fan_in = int(np.prod(shape[:-1]))
+  bound = 1.0 / np.sqrt(fan_in)
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_default_bias_init(fan_in: int) -> Callable:
+  """Bias initialiser U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's Conv default)."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def scaled_kaiming_normal_init(scale: float) -> Callable:
+  """Kaiming-normal (fan_in, gain sqrt(2)) times ``scale``: BasicSR's init of residual-block convs."""
+
+  def init(key, shape, dtype=jnp.float32):
+    fan_in = int(np.prod(shape[:-1]))
+    return jax.random.normal(key, shape, dtype) * (np.sqrt(2.0 / fan_in) * scale)
+
+  return init
+
+
+def leaky_relu(x: Array, slope: float) -> Array:
+  return jnp.where(x >= 0, x, x * slope)
+
+
+def gelu_exact(x: Array) -> Array:
+  """The erf GELU of PyTorch's ``F.gelu`` (flax's ``nn.gelu`` defaults to the tanh approximation)."""
+  return nn.gelu(x, approximate=False)
+
+
+class LayerNorm(nn.Module):
+  """Per-pixel LayerNorm over channels; 'WithBias' (Restormer's default) or 'BiasFree'.
+
+  Input (..., C), output (..., C). Statistics are computed in float32 whatever the compute dtype.
+  The variance is the biased one (mean of squared deviations), eps 1e-5, as in the release.
+  """
+
+  layernorm_type: str = 'WithBias'
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1]
+    weight = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    inv = jax.lax.rsqrt(var + self.epsilon)
+    if self.layernorm_type == 'BiasFree':
+      y = xf * inv * weight
+    elif self.layernorm_type == 'WithBias':
+      bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+      y = (xf - mean) * inv * weight + bias
+    else:
+      raise ValueError(f"layernorm_type must be 'WithBias' or 'BiasFree', got {self.layernorm_type!r}")
+    return y.astype(self.dtype)
+
+
+class Conv1x1(nn.Module):
+  """1x1 convolution as a matrix product over the channel axis. (..., Cin) -> (..., Cout)."""
+
+  features: int
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = torch_default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cin = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (1, 1, cin, self.features), jnp.float32)
+    y = jnp.dot(x.astype(self.dtype), kernel.reshape(cin, self.features).astype(self.dtype),
+                preferred_element_type=self.dtype)
+    if self.use_bias:
+      bias = self.param('bias', torch_default_bias_init(cin), (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def _flatten_batch(x: Array, spatial_rank: int):
+  """(*batch, *spatial, C) -> (N, *spatial, C) and the batch shape to restore."""
+  batch_shape = x.shape[:x.ndim - spatial_rank - 1]
+  return x.reshape((-1,) + x.shape[x.ndim - spatial_rank - 1:]), batch_shape
+
+
+class Conv2D(nn.Module):
+  """k x k convolution, stride 1, zero 'same' padding. (*batch, H, W, Cin) -> (*batch, H, W, Cout)."""
+
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = torch_default_kernel_init
+  bias_init: Callable | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel_size
+    cin = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (k, k, cin, self.features), jnp.float32)
+    xf, batch_shape = _flatten_batch(x.astype(self.dtype), 2)
+    pad = k // 2
+    y = jax.lax.conv_general_dilated(
+        xf, kernel.astype(self.dtype), window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), preferred_element_type=self.dtype)
+    if self.use_bias:
+      bias_init = self.bias_init or torch_default_bias_init(k * k * cin)
+      bias = self.param('bias', bias_init, (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y.reshape(batch_shape + y.shape[1:])
+
+
+class DepthwiseConv3x3(nn.Module):
+  """Depthwise 3x3 convolution (groups = channels), zero padding 1, no bias.
+
+  Computed as nine shifted multiply-adds, which XLA fuses into one pass over the input; this is faster on CPU
+  than a grouped convolution and numerically the same sum. (*batch, H, W, C) -> same shape.
+  """
+
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1]
+    kernel = self.param('kernel', torch_default_kernel_init, (3, 3, 1, c), jnp.float32)
+    kernel = kernel.astype(self.dtype)
+    x = x.astype(self.dtype)
+    h, w = x.shape[-3], x.shape[-2]
+    pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+    xp = jnp.pad(x, pad)
+    y = None
+    for dy in range(3):
+      for dx in range(3):
+        term = xp[..., dy:dy + h, dx:dx + w, :] * kernel[dy, dx, 0]
+        y = term if y is None else y + term
+    if self.use_bias:
+      bias = self.param('bias', torch_default_bias_init(9), (c,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Conv3D(nn.Module):
+  """3x3x3 convolution over (T, H, W), zero padding 1 on every axis (frames outside [0, T) are zeros), bias.
+
+  (B, T, H, W, Cin) -> (B, T, H, W, Cout).
+  """
+
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cin = x.shape[-1]
+    kernel = self.param('kernel', torch_default_kernel_init, (3, 3, 3, cin, self.features), jnp.float32)
+    bias = self.param('bias', torch_default_bias_init(27 * cin), (self.features,), jnp.float32)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(1, 1, 1),
+        padding=((1, 1), (1, 1), (1, 1)), dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+        preferred_element_type=self.dtype)
+    return y + bias.astype(self.dtype)
+
+
+def pixel_unshuffle(x: Array, factor: int = 2) -> Array:
+  """PyTorch PixelUnshuffle in channels-last layout.
+
+  (*batch, H, W, C) -> (*batch, H/f, W/f, C*f*f) with output channel index c*f*f + i*f + j holding the input
+  pixel (f*y + i, f*x + j) of channel c, exactly as ``torch.nn.PixelUnshuffle``.
+  """
+  *batch, h, w, c = x.shape
+  if h % factor or w % factor:
+    raise ValueError(f'pixel_unshuffle needs H and W divisible by {factor}, got {(h, w)}')
+  nb = len(batch)
+  x = x.reshape(*batch, h // factor, factor, w // factor, factor, c)
+  # axes: batch..., Y, i, X, j, c  ->  batch..., Y, X, c, i, j
+  perm = list(range(nb)) + [nb, nb + 2, nb + 4, nb + 1, nb + 3]
+  x = jnp.transpose(x, perm)
+  return x.reshape(*batch, h // factor, w // factor, c * factor * factor)
+
+
+def _align_corners_taps(n_in: int, n_out: int):
+  """Source indices (i0, i1) and weights w of 1-D linear interpolation with align_corners=True."""
+  if n_out == 1 or n_in == 1:
+    src = np.zeros(n_out)
+  else:
+    src = np.arange(n_out, dtype=np.float64) * (n_in - 1) / (n_out - 1)
+  i0 = np.floor(src).astype(np.int32)
+  i0 = np.minimum(i0, n_in - 1)
+  i1 = np.minimum(i0 + 1, n_in - 1)
+  w = (src - i0).astype(np.float32)
+  return i0, i1, w
+
+
+def upsample_bilinear_align_corners(x: Array, factor: int = 2) -> Array:
+  """Bilinear x``factor`` upsampling with align_corners=True, as PyTorch's ``F.interpolate``.
+
+  (*batch, H, W, C) -> (*batch, H*f, W*f, C). ``jax.image.resize`` uses half-pixel centres and differs.
+  """
+  h, w = x.shape[-3], x.shape[-2]
+  i0, i1, wy = _align_corners_taps(h, h * factor)
+  wy = jnp.asarray(wy, x.dtype)[:, None, None]
+  x = jnp.take(x, i0, axis=-3) * (1 - wy) + jnp.take(x, i1, axis=-3) * wy
+  j0, j1, wx = _align_corners_taps(w, w * factor)
+  wx = jnp.asarray(wx, x.dtype)[:, None]
+  return jnp.take(x, j0, axis=-2) * (1 - wx) + jnp.take(x, j1, axis=-2) * wx
