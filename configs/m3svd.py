@@ -9,6 +9,9 @@ Every value here is from REFERENCE.md (sections 1.1 and 7) unless marked otherwi
 
 import ml_collections
 
+from vfusion_jax import losses
+from vfusion_jax import optim
+
 VARIANTS = ('', 'tiny')
 
 
@@ -51,9 +54,17 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
 
   # Data section: the TFDS M3SVD records (see data/m3svd/) or frame folders.
   config.data = ml_collections.ConfigDict()
+  config.data.source = 'tfds'
   config.data.name = 'm3svd'
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-  config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.train_split = 'train'
+  # 'synthetic': degrade clean frames on the fly (paper, section 4); 'dataset': the release's LQ frames.
+  config.data.degradation = 'synthetic'
+  config.data.degradation_ranges = ml_collections.ConfigDict()  # overrides of data.degrade.DegradationConfig
+  config.data.flips = False  # the release has augmentation switched off (REFERENCE.md 7)
+  config.data.rot90 = False
+  config.data.temporal_reverse = False
+  config.data.num_workers = 2
 
   # Training section (REFERENCE.md 7): 4 GPUs x 3 clips, T = 6, 128 x 128 crops, seed 3047.
   config.seed = 3047
@@ -64,7 +75,13 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 5000
   config.keep_checkpoints = 3
   config.log_every_steps = 100
+  config.preview_every_steps = 5000
   config.remat = False
+
+  # Loss and optimiser sections (REFERENCE.md 6 and 7).
+  config.loss = losses.default_loss_config('released')
+  config.optim = optim.default_optim_config()
+  config.optim.total_steps = config.get_ref('total_steps')
 
   # Parallelism: a mesh over batch ('data') and time ('time'); -1 takes the remaining devices.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, time=1))
@@ -77,4 +94,6 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     config.total_steps = 4
     config.checkpoint_every_steps = 2
     config.log_every_steps = 1
+    config.preview_every_steps = 0
+    config.data.num_workers = 0
   return config

@@ -72,10 +72,19 @@ def _released_value_grad_parts(outputs, batch):
   return total, terms, grads, losses.released_loss_parts(outputs, batch)
 
 
+@jax.jit
+def _released_f32(outputs, batch):
+  total, terms, grads, parts = _released_value_grad_parts(outputs, batch)
+  # Same loss with the official 3-channel IR ground truth.
+  batch3 = dict(batch, ir_gt=jnp.repeat(batch['ir_gt'], 3, axis=-1))
+  _, terms3 = losses.compute_loss(outputs, batch3,
+                                  losses.default_loss_config())
+  return total, {**terms, **parts}, grads, terms3
+
+
 @pytest.fixture(scope='module')
 def released_f32(inputs):
-  total, terms, grads, parts = jax.jit(_released_value_grad_parts)(*inputs)
-  return total, {**terms, **parts}, grads
+  return _released_f32(*inputs)
 
 
 def _fixture_keys(fx, prefix):
@@ -85,7 +94,7 @@ def _fixture_keys(fx, prefix):
 
 
 def test_released_terms_match_fixture(fixture, released_f32):
-  total, terms, _ = released_f32
+  total, terms, _, _ = released_f32
   for key in _fixture_keys(fixture, 'loss/'):
     name = key[len('loss/'):]
     assert terms[name].dtype == jnp.float32
@@ -95,7 +104,7 @@ def test_released_terms_match_fixture(fixture, released_f32):
 
 
 def test_released_term_names(released_f32):
-  _, terms, _ = released_f32
+  _, terms, _, _ = released_f32
   for key in losses.RELEASED_LOGGED_KEYS + ('l_total',):
     assert key in terms
     assert terms[key].shape == ()
@@ -150,14 +159,10 @@ def test_float64_matches_fixture_to_rounding(fixture):
           err_msg=name)
 
 
-def test_three_channel_ir_gt_is_equivalent(inputs, released_f32):
-  outputs, batch = inputs
-  batch3 = dict(batch, ir_gt=jnp.repeat(batch['ir_gt'], 3, axis=-1))
-  cfg = losses.default_loss_config()
-  _, terms = jax.jit(lambda o, b: losses.compute_loss(o, b, cfg))(outputs,
-                                                                  batch3)
+def test_three_channel_ir_gt_is_equivalent(released_f32):
+  _, terms, _, terms3 = released_f32
   for key in losses.RELEASED_LOGGED_KEYS:
-    np.testing.assert_allclose(float(terms[key]), float(released_f32[1][key]),
+    np.testing.assert_allclose(float(terms3[key]), float(terms[key]),
                                rtol=1e-6, err_msg=key)
 
 
@@ -185,7 +190,7 @@ def test_sobel_on_ramp_by_hand():
 
 
 def test_sobel_abs_has_zero_gradient_on_flat_image():
-  grad = jax.grad(lambda x: jnp.sum(sum(losses.sobel(x))))(
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(sum(losses.sobel(x)))))(
       jnp.full((1, 4, 4, 1), 0.3))
   np.testing.assert_array_equal(np.asarray(grad), 0.0)
 
@@ -231,22 +236,23 @@ def test_ycbcr_values_and_clamp():
   # Unclamped Cb(blue) = 0.5 + 128/255 > 1; clamped to 1 with zero gradient.
   assert float(losses.rgb_to_ycbcr(blue, clamp=False)[1]) > 1.0
   assert float(losses.rgb_to_ycbcr(blue)[1]) == 1.0
-  grad_cb = jax.grad(lambda c: losses.rgb_to_ycbcr(c)[1])
+  grad_cb = jax.jit(jax.grad(lambda c: losses.rgb_to_ycbcr(c)[1]))
   np.testing.assert_array_equal(np.asarray(grad_cb(blue)), 0.0)
   np.testing.assert_allclose(np.asarray(grad_cb(jnp.full(3, grey))),
                              [-0.169, -0.331, 0.5], rtol=1e-6)
   # torch.clamp passes the gradient on the boundary itself.
   black = jnp.zeros(3)
   np.testing.assert_allclose(
-      np.asarray(jax.grad(lambda c: losses.rgb_to_ycbcr(c)[0])(black)),
+      np.asarray(jax.jit(jax.grad(lambda c: losses.rgb_to_ycbcr(c)[0]))(black)),
       [0.299, 0.587, 0.114], rtol=1e-6)
 
 
 def test_gradient_magnitude_is_safe_at_zero():
   flat = jnp.full((1, 5, 5, 1), 0.5)
-  grad = jax.grad(lambda x: jnp.sum(losses.gradient_magnitude(x)))(flat)
+  grad = jax.jit(jax.grad(
+      lambda x: jnp.sum(losses.gradient_magnitude(x))))(flat)
   np.testing.assert_array_equal(np.asarray(grad), 0.0)
-  smooth = losses.gradient_magnitude(flat, eps=1e-6)
+  smooth = jax.jit(lambda x: losses.gradient_magnitude(x, eps=1e-6))(flat)
   np.testing.assert_allclose(np.asarray(smooth), 1e-3, rtol=1e-5)
 
 
@@ -274,6 +280,10 @@ def test_default_configs_and_errors(inputs):
   with pytest.raises(ValueError):
     losses.default_loss_config('nope')
   outputs, batch = inputs
+  one_frame = ({k: v[:, :1] for k, v in outputs.items()},
+               {k: v[:, :1] for k, v in batch.items()})
+  with pytest.raises(ValueError):
+    losses.compute_loss(*one_frame, released)
   released.name = 'nope'
   with pytest.raises(ValueError):
     losses.compute_loss(outputs, batch, released)

@@ -128,3 +128,67 @@ def load_inference_checkpoint(directory: str, model_config: Mapping[str, Any] | 
   params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), target)
   checkpointer.close()
   return params, stored
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training checkpoints: an Orbax CheckpointManager with separate items, so that inference and export can read
+# the params alone.
+# ---------------------------------------------------------------------------------------------------------------
+
+TRAINING_DIR = 'checkpoints'
+ITEM_PARAMS = 'params'
+ITEM_OPT_STATE = 'opt_state'
+ITEM_META = 'meta'  # JSON: step, config; not 'metrics', which Orbax reserves (STACK.md C.3)
+ITEM_DATA_ITER = 'data_iter'
+
+
+def training_manager(workdir: str, *, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+  """The checkpoint manager of a training run: ``<workdir>/checkpoints/<step>/{params,opt_state,meta,...}``."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                                         create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), TRAINING_DIR), options=options)
+
+
+def save_training(manager: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
+                  meta: Mapping[str, Any], data_iterator: Any = None) -> None:
+  """Saves one training step (asynchronously if the manager is async; call ``wait_until_finished``)."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  items = dict(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+               meta=ocp.args.JsonSave(_jsonable(dict(meta))))
+  if data_iterator is not None:
+    items[ITEM_DATA_ITER] = grain.checkpoint.CheckpointSave(data_iterator)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def restore_training(manager: ocp.CheckpointManager, step: int, abstract_params: Any, abstract_opt_state: Any,
+                     data_iterator: Any = None):
+  """Restores (params, opt_state, meta) of ``step`` onto the shardings of the abstract targets.
+
+  ``data_iterator``, if given, is set to the saved position in place.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+
+  items = dict(params=ocp.args.StandardRestore(abstract_params),
+               opt_state=ocp.args.StandardRestore(abstract_opt_state), meta=ocp.args.JsonRestore())
+  if data_iterator is not None:
+    items[ITEM_DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return restored[ITEM_PARAMS], restored[ITEM_OPT_STATE], restored[ITEM_META]
+
+
+def restore_training_params(workdir: str, step: int | None = None):
+  """Reads the params and meta of a training checkpoint (latest step by default) onto one device."""
+  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), TRAINING_DIR))
+  steps = manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'no training checkpoint under {os.path.join(workdir, TRAINING_DIR)}')
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise ValueError(f'step {step} is not among the saved steps {sorted(steps)}')
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[ITEM_META]
+  model_config = model_config_from_dict(meta['config']['model'])
+  restored = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract_params(model_config))))
+  manager.close()
+  return restored[ITEM_PARAMS], model_config, meta

@@ -308,6 +308,7 @@ class ProgressLine:
     self._last_time = clock()
     self._first_step = None
     self._first_time = None
+    self.last_rates: dict = {}  # steps_per_sec, examples_per_sec, eta_seconds of the latest call
 
   def _loss(self, scalars: Mapping[str, Any]) -> Optional[float]:
     """The `loss_key` entry, else the first key ending in the loss key (e.g. 'train/loss')."""
@@ -332,6 +333,9 @@ class ProgressLine:
       mean_rate = (step - self._first_step) / span if span > 0 else float('nan')
     eta = (self._total - step) / mean_rate if mean_rate > 0 else float('nan')
     self._last_step, self._last_time = step, now
+    self.last_rates = {'steps_per_sec': steps_per_sec, 'eta_seconds': eta}
+    if self._batch_size:
+      self.last_rates['examples_per_sec'] = steps_per_sec * self._batch_size
 
     width = len(str(self._total))
     parts = [f'step {step:>{width}d}/{self._total} ({100.0 * step / max(self._total, 1):5.1f}%)']

@@ -334,8 +334,13 @@ def _unpack(outputs: Mapping[str, Array], batch: Mapping[str, Array]):
   vi_gt = _float(batch['vi_gt'])
   for name, x in (('fusion', fusion), ('ir', ir_out), ('vi', vi_out),
                   ('vi_gt', vi_gt)):
-    if x.ndim != 5 or x.shape[-1] != 3:
-      raise ValueError(f'{name} must be (B, T, H, W, 3), got {x.shape}.')
+    if x.ndim != 5 or x.shape[-1] != 3 or x.shape != fusion.shape:
+      raise ValueError(f'{name} must be (B, T, H, W, 3) like fusion '
+                       f'{fusion.shape}, got {x.shape}.')
+  if ir_gt.shape != fusion.shape:
+    raise ValueError(f'ir_gt must be (B, T, H, W, 1), got {ir_gt.shape}.')
+  if fusion.shape[1] < 2:
+    raise ValueError(f'The temporal terms need T >= 2, got {fusion.shape}.')
   return fusion, ir_out, vi_out, ir_gt, vi_gt
 
 

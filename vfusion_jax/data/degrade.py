@@ -52,8 +52,11 @@ CLIP_EPS = 0.5 / UINT8_MAX
 FIELD_POLY_DEGREE = 4
 # Candidate knees of the tone hinge.
 TONE_KNEES = tuple(np.round(np.arange(0.05, 0.80, 0.05), 2))
-# At most this many pixels enter the field/tone least squares.
+# At most this many pixels enter the field/tone least squares, drawn with a fixed seed.
 MAX_FIT_PIXELS = 60_000
+FIT_SAMPLE_SEED = 0
+# A knee is only considered if at least this fraction of the fitted pixels lies above it.
+MIN_KNEE_SUPPORT = 0.02
 # Stripe profiles are high-passed with a moving average of this width, so that what is left of a smooth
 # field is not counted as stripes; the variance this removes from white stripes is corrected for.
 STRIPE_HIGHPASS_WIDTH = 21
@@ -102,8 +105,8 @@ class DegradationConfig:
   ir_offset_mean_range: Range = (0.08, 0.20)
   ir_offset_amplitude_range: Range = (0.03, 0.20)
   ir_offset_power_range: Range = (1.0, 4.0)
-  ir_tone_knee_range: Range = (0.1, 0.5)
-  ir_tone_slope_range: Range = (0.0, 0.3)
+  ir_tone_knee_range: Range = (0.1, 0.6)
+  ir_tone_slope_range: Range = (0.0, 0.35)
   field_frame_size: tuple[int, int] = DEFAULT_FIELD_FRAME_SIZE
   quantize: bool = True
 
@@ -411,7 +414,7 @@ def _poly_basis(height: int, width: int, degree: int) -> np.ndarray:
   return np.stack(terms, -1)
 
 
-def _masked_mean(x: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
+def _masked_mean(x: np.ndarray, mask: np.ndarray, axis: Union[int, tuple[int, ...]]) -> np.ndarray:
   """Mean of x over `axis` where mask is true; 0 where nothing is."""
   total = np.where(mask, x, 0.0).sum(axis)
   return total / np.maximum(mask.sum(axis), 1)
@@ -424,8 +427,8 @@ def _highpass(profile: np.ndarray, axis: int = -1) -> np.ndarray:
 def estimate_stripe_stats(clean_ir: np.ndarray, noisy_ir: np.ndarray) -> dict:
   """Measures the IR degradation of a registered clean/noisy clip under this module's IR model.
 
-  Steps: on the temporal mean of d = noisy - clean, a joint least-squares fit of a degree-4 polynomial
-  field plus a tone hinge (knee by grid search); the column/row means of the rest, high-passed, are the fixed
+  Steps: on d = noisy - clean, a joint least-squares fit of a degree-4 polynomial field plus a tone hinge
+  (knee by grid search); the column/row means of the rest over all frames, high-passed, are the fixed
   stripes; per frame, the row means of what is left (minus their temporal mean) are the temporal row stripes,
   and the remaining, temporally centred residual gives the per-pixel std (median absolute deviation, robust to
   scene motion). Clipped noisy pixels are ignored; variances are corrected for the noise that leaks into
@@ -437,7 +440,8 @@ def estimate_stripe_stats(clean_ir: np.ndarray, noisy_ir: np.ndarray) -> dict:
 
   Returns:
     dict of floats: column_std, row_std, temporal_row_std, pixel_std, offset_mean, offset_min, offset_max
-    (of the fitted field), tone_knee, tone_slope (compression > 0) and clipped_fraction.
+    (of the fitted field), tone_knee (nan when no hinge fits), tone_slope (compression > 0) and
+    clipped_fraction.
   """
   clean = _as_gray_clip(clean_ir)
   noisy = _as_gray_clip(noisy_ir)
@@ -448,44 +452,49 @@ def estimate_stripe_stats(clean_ir: np.ndarray, noisy_ir: np.ndarray) -> dict:
     raise ValueError('need at least 2 frames to separate fixed and temporal components')
   diff = noisy - clean
   valid = (noisy > CLIP_EPS) & (noisy < 1.0 - CLIP_EPS)
-  always_valid = valid.all(0)
-  if always_valid.sum() < MAX_FIT_PIXELS // 100:
+  valid_idx = np.flatnonzero(valid)
+  if valid_idx.size < MAX_FIT_PIXELS // 100:
     raise ValueError('too few unclipped pixels to fit the offset field')
-  mean_diff = diff.mean(0)
-  mean_clean = clean.mean(0)
 
-  # Field + tone hinge: joint least squares on (a subsample of) the never-clipped pixels.
+  # Field + tone hinge: joint least squares on a fixed pseudo-random subsample of the unclipped pixels of all
+  # frames (per-frame values, since the hinge is not linear in the scene).
   basis = _poly_basis(height, width, FIELD_POLY_DEGREE)
-  fit_idx = np.flatnonzero(always_valid)
-  fit_idx = fit_idx[::max(1, fit_idx.size // MAX_FIT_PIXELS)]
-  basis_fit = basis.reshape(-1, basis.shape[-1])[fit_idx]
-  target = mean_diff.ravel()[fit_idx]
-  clean_fit = mean_clean.ravel()[fit_idx]
-  # The polynomial part is projected out once (QR); each knee then adds one column.
-  q, r = np.linalg.qr(basis_fit)
-  target_perp = target - q @ (q.T @ target)
-  best = None
-  for knee in TONE_KNEES:
-    hinge_col = np.maximum(clean_fit - knee, 0.0)
-    hinge_perp = hinge_col - q @ (q.T @ hinge_col)
-    norm = float(hinge_perp @ hinge_perp)
-    slope = float(hinge_perp @ target_perp) / norm if norm > 0 else 0.0
-    sse = float(target_perp @ target_perp) - slope * float(hinge_perp @ target_perp)
-    if best is None or sse < best[0]:
-      best = (sse, float(knee), slope, hinge_col)
-  _, knee, hinge, hinge_col = best
-  poly_coef = np.linalg.solve(r, q.T @ (target - hinge * hinge_col))
+  fit_idx = np.sort(valid_idx[np.random.default_rng(FIT_SAMPLE_SEED).integers(0, valid_idx.size,
+                                                                                MAX_FIT_PIXELS)])
+  basis_fit = basis.reshape(-1, basis.shape[-1])[fit_idx % (height * width)]
+  target = diff.ravel()[fit_idx]
+  clean_fit = clean.ravel()[fit_idx]
+  # Normal equations: the polynomial block is shared by all knees, each knee adds one row and column.
+  basis_fit_t = np.ascontiguousarray(basis_fit.T)  # contiguous rows: fast matrix-vector products.
+  gram = basis_fit_t @ basis_fit
+  basis_target = basis_fit_t @ target
+  target_energy = float(target @ target)
+  poly_coef = np.linalg.solve(gram, basis_target)
+  best_sse = target_energy - float(poly_coef @ basis_target)
+  knee, hinge = float('nan'), 0.0
+  for candidate in TONE_KNEES:
+    hinge_col = np.maximum(clean_fit - candidate, 0.0)
+    if np.mean(hinge_col > 0) < MIN_KNEE_SUPPORT:
+      continue
+    cross = basis_fit_t @ hinge_col
+    system = np.block([[gram, cross[:, None]], [cross[None, :], np.array([[hinge_col @ hinge_col]])]])
+    rhs = np.append(basis_target, hinge_col @ target)
+    coef = np.linalg.solve(system, rhs)
+    sse = target_energy - float(coef @ rhs)
+    if sse < best_sse:
+      best_sse, knee, hinge, poly_coef = sse, float(candidate), float(coef[-1]), coef[:-1]
   field = basis @ poly_coef
+  tone = hinge * np.maximum(clean - knee, 0.0) if hinge else 0.0
 
-  # Fixed stripes: high-passed column and row means of the temporal-mean residual.
-  resid = mean_diff - field - hinge * np.maximum(mean_clean - knee, 0.0)
-  column = _masked_mean(resid, always_valid, 0)
+  # Fixed stripes: high-passed column and row means of the residual over all frames.
+  resid = diff - field - tone
+  column = _masked_mean(resid, valid, (0, 1))
   column_hp = _highpass(column - column.mean())
-  row = _masked_mean(resid - column_hp[None, :], always_valid, 1)
+  row = _masked_mean(resid - column_hp, valid, (0, 2))
   row_hp = _highpass(row - row.mean())
 
   # Per-frame residual: temporal row stripes and per-pixel noise.
-  frame_resid = diff - field - hinge * np.maximum(clean - knee, 0.0) - column_hp[None, None] - row_hp[None, :, None]
+  frame_resid = resid - column_hp[None, None] - row_hp[None, :, None]
   row_means = _masked_mean(frame_resid, valid, 2)
   pixel = frame_resid - row_means[:, :, None]
   pixel = pixel - _masked_mean(pixel, valid, 0)[None]

@@ -62,7 +62,8 @@ class VideoFusion(nn.Module):
 
   Attributes follow the official constructor (snake_case): ``num_features`` is the width F of scale 1
   (scales use F, 2F, 4F); ``num_blocks[s]`` is the number of transformer / BiCAM layers at scale s;
-  ``num_heads[s]`` the attention heads at scale s; ``dtype`` the computation dtype (params stay float32).
+  ``num_heads[s]`` the attention heads at scale s; ``dtype`` the computation dtype (params stay float32);
+  ``remat`` rematerialises every block's activations in the backward pass (same params, less memory).
 
   Call: ``apply({'params': p}, ir, vi)`` with ir (B, T, H, W, 1 or 3) and vi (B, T, H, W, 3), float in [0, 1],
   T >= 2, H and W multiples of 4. Returns {'fusion', 'ir', 'vi'}, each (B, T, H, W, out_channels) in (0, 1).
@@ -78,6 +79,7 @@ class VideoFusion(nn.Module):
   bias: bool = False
   layernorm_type: str = 'WithBias'
   dtype: Any = 'float32'
+  remat: bool = False  # recompute block activations in the backward pass (memory for compute)
 
   def _block_kwargs(self, scale: int):
     return dict(heads=self.num_heads[scale], ffn_expansion_factor=self.ffn_expansion_factor,
@@ -92,46 +94,50 @@ class VideoFusion(nn.Module):
     ir = ir.astype(dtype)
     vi = vi.astype(dtype)
 
+    wrap = nn.remat if self.remat else (lambda cls: cls)
+    conv3d, res_blocks, diff_enhance, aggregation, fusion, stack, down, up, co_attention, decoder = (
+        wrap(c) for c in (blocks.Conv3DModule, blocks.ResidualBlocks, blocks.CrossModalityDiffEnhance,
+                          blocks.CrossModalAggregation, blocks.FusionModule, blocks.TransformerStack,
+                          blocks.Downsample, blocks.Upsample, blocks.StackedCoAttention, blocks.Decoder))
     widths = [self.num_features * 2 ** s for s in range(NUM_SCALES)]
     skips = []
     f_ir, f_vi = ir, vi
     for scale in range(NUM_SCALES):
       s = scale + 1
       kw = self._block_kwargs(scale)
-      f_ir = blocks.Conv3DModule(widths[scale], dtype, name=f'conv3d_ir_{s}')(f_ir)
-      f_vi = blocks.Conv3DModule(widths[scale], dtype, name=f'conv3d_vi_{s}')(f_vi)
+      f_ir = conv3d(widths[scale], dtype, name=f'conv3d_ir_{s}')(f_ir)
+      f_vi = conv3d(widths[scale], dtype, name=f'conv3d_vi_{s}')(f_vi)
       if scale > 0:  # scale 1 fuses the raw Conv3D features: no residual blocks, no CmDRM
-        f_ir = blocks.ResidualBlocks(RESIDUAL_BLOCKS_PER_SCALE, dtype, name=f'ir_conv_enhance_{s}')(f_ir)
-        f_vi = blocks.ResidualBlocks(RESIDUAL_BLOCKS_PER_SCALE, dtype, name=f'vi_conv_enhance_{s}')(f_vi)
+        f_ir = res_blocks(RESIDUAL_BLOCKS_PER_SCALE, dtype, name=f'ir_conv_enhance_{s}')(f_ir)
+        f_vi = res_blocks(RESIDUAL_BLOCKS_PER_SCALE, dtype, name=f'vi_conv_enhance_{s}')(f_vi)
         # CmDRM: differential enhancement, then aggregation with the pre-enhancement features.
-        e_ir = blocks.CrossModalityDiffEnhance(**kw, name=f'cross_modal_enhance_ir_{s}')(f_ir, f_vi)
-        e_vi = blocks.CrossModalityDiffEnhance(**kw, name=f'cross_modal_enhance_vi_{s}')(f_vi, f_ir)
-        f_ir = blocks.CrossModalAggregation(dtype, name=f'CMA_ir_{s}')(e_ir, f_ir)
-        f_vi = blocks.CrossModalAggregation(dtype, name=f'CMA_vi_{s}')(e_vi, f_vi)
-      fused = blocks.FusionModule(**kw, name=f'fusion_{s}')(f_ir, f_vi)
+        e_ir = diff_enhance(**kw, name=f'cross_modal_enhance_ir_{s}')(f_ir, f_vi)
+        e_vi = diff_enhance(**kw, name=f'cross_modal_enhance_vi_{s}')(f_vi, f_ir)
+        f_ir = aggregation(dtype, name=f'CMA_ir_{s}')(e_ir, f_ir)
+        f_vi = aggregation(dtype, name=f'CMA_vi_{s}')(e_vi, f_vi)
+      fused = fusion(**kw, name=f'fusion_{s}')(f_ir, f_vi)
       if scale < NUM_SCALES - 1:
-        fused = blocks.TransformerStack(**kw, num_layers=self.num_blocks[scale],
-                                        name=f'fusion_enhance_{s}')(fused)
+        fused = stack(**kw, num_layers=self.num_blocks[scale], name=f'fusion_enhance_{s}')(fused)
         skips.append(fused)
-        f_ir = blocks.Downsample(dtype, name=f'down_ir_{s}')(f_ir)
-        f_vi = blocks.Downsample(dtype, name=f'down_vi_{s}')(f_vi)
+        f_ir = down(dtype, name=f'down_ir_{s}')(f_ir)
+        f_vi = down(dtype, name=f'down_vi_{s}')(f_vi)
 
     # Decoder path: BiCAM at the coarsest scale, then upsample + skip + BiCAM at each finer scale.
     for scale in reversed(range(NUM_SCALES)):
       if scale < NUM_SCALES - 1:
-        x = blocks.Upsample(dtype, name=f'up{scale + 1}')(x) + skips[scale]
+        x = up(dtype, name=f'up{scale + 1}')(x) + skips[scale]
       else:
         x = fused
-      x = blocks.StackedCoAttention(**self._block_kwargs(scale), num_layers=self.num_blocks[scale],
-                                    name=f'co_attention_{scale + 1}')(x)
+      x = co_attention(**self._block_kwargs(scale), num_layers=self.num_blocks[scale],
+                       name=f'co_attention_{scale + 1}')(x)
 
     g_ir, g_vi = blocks.VideoDecomposition(dtype, name='decomposition')(x)
     decoder_kwargs = dict(out_channels=self.out_channels, num_blocks=self.num_decoder_blocks,
                           heads=self.num_heads[0], ffn_expansion_factor=self.ffn_expansion_factor,
                           use_bias=self.bias, layernorm_type=self.layernorm_type, dtype=dtype)
     raw = {
-        'fusion': blocks.Decoder(**decoder_kwargs, name='decoder_fusion')(x),
-        'ir': blocks.Decoder(**decoder_kwargs, name='decoder_ir')(g_ir),
-        'vi': blocks.Decoder(**decoder_kwargs, name='decoder_vi')(g_vi),
+        'fusion': decoder(**decoder_kwargs, name='decoder_fusion')(x),
+        'ir': decoder(**decoder_kwargs, name='decoder_ir')(g_ir),
+        'vi': decoder(**decoder_kwargs, name='decoder_vi')(g_vi),
     }
     return {k: ((jnp.tanh(v.astype(jnp.float32)) + 1.0) / 2.0) for k, v in raw.items()}

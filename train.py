@@ -1,0 +1,33 @@
+r"""Trains VideoFusion.
+
+  python train.py --config=configs/demo.py --workdir=/tmp/vfusion_demo        # embedded demo, no download
+  python train.py --config=configs/m3svd.py --workdir=DIR                      # the released recipe on M3SVD
+  python train.py --config=configs/m3svd.py --config.batch_size=6 --workdir=DIR
+
+Re-running the same command resumes from the latest checkpoint in --workdir. SIGTERM/SIGINT save at the next
+step boundary and exit.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from vfusion_jax import train_lib
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file (configs/*.py[:variant])',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'directory for checkpoints, logs and previews')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    train_lib.run(_CONFIG.value, _WORKDIR.value)
+  except train_lib.DataNotFoundError as e:
+    raise SystemExit(f'error: {e}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)

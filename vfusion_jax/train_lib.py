@@ -1,0 +1,320 @@
+"""Training: state, the pure jitted step, and the loop with checkpoints, logging and preemption handling.
+
+``train_and_evaluate(config, workdir)`` is what ``train.py`` runs. The step is a pure function
+``(state, batch, rng) -> (state, metrics)`` jitted once with explicit shardings over a ('data', 'time') mesh.
+"""
+
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metrics as clu_metrics
+from clu import parameter_overview
+
+from vfusion_jax import checkpoint
+from vfusion_jax import logging_utils
+from vfusion_jax import losses
+from vfusion_jax import optim
+from vfusion_jax import sharding
+from vfusion_jax.data import pipeline
+from vfusion_jax.models import VideoFusion
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that changes during training, except the data iterator (checkpointed beside it)."""
+
+  step: jax.Array  # int32 scalar: number of optimiser steps taken
+  params: Any
+  opt_state: Any
+
+
+def create_model(config: ml_collections.ConfigDict) -> VideoFusion:
+  return VideoFusion(**config.model, remat=bool(config.get('remat', False)))
+
+
+def init_state(model: VideoFusion, tx: optax.GradientTransformation, rng: jax.Array,
+               config: ml_collections.ConfigDict) -> TrainState:
+  """Fresh params (PyTorch's default init) and optimiser state. Pure, so it can be jitted with shardings."""
+  dummy_ir = jnp.zeros((1, 2, 8, 8, 1), jnp.float32)
+  dummy_vi = jnp.zeros((1, 2, 8, 8, config.model.in_channels), jnp.float32)
+  params = model.init(rng, dummy_ir, dummy_vi)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def make_train_step(model: VideoFusion, tx: optax.GradientTransformation, loss_config: Any,
+                    schedule: Callable) -> Callable:
+  """Returns the pure train step ``(state, batch, rng) -> (state, metrics)``.
+
+  ``batch`` is the pipeline's contract (``ir_lq``, ``vi_lq``, ``ir_gt``, ``vi_gt``; float32 in [0, 1]).
+  A non-finite loss leaves the state unchanged and reports ``finite = False``; the loop then stops.
+  ``rng`` is accepted for the contract's sake: the network has no dropout, so the step is deterministic.
+  """
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    del rng
+
+    def loss_fn(params):
+      outputs = model.apply({'params': params}, batch['ir_lq'], batch['vi_lq'])
+      total, terms = losses.compute_loss(outputs, batch, loss_config)
+      return total, terms
+
+    (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(total)
+    proposed = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), proposed, state)
+    metrics = dict(terms)
+    metrics.update(loss=total, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+                   learning_rate=schedule(state.step), finite=finite)
+    return new_state, metrics
+
+  return train_step
+
+
+class DataNotFoundError(FileNotFoundError):
+  """The configured training data is not where the config says; the message tells how to get it."""
+
+
+def make_train_source(config: ml_collections.ConfigDict):
+  """The random-access source of training chunks named by ``config.data.source``."""
+  data = config.data
+  source = data.get('source', 'tfds')
+  if source == 'synthetic':
+    from vfusion_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    return synthetic.SyntheticVideoSource(
+        num_videos=data.num_videos, frames_per_video=data.frames_per_video,
+        frames_per_example=data.frames_per_example, height=data.height, width=data.width, seed=data.seed)
+  if source == 'tfds':
+    data_dir = data.get('data_dir')
+    try:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      return tfds.data_source(data.name, split=data.get('train_split', 'train'), data_dir=data_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.info('tfds.data_source failed: %s', e)
+      raise DataNotFoundError(
+          f'the {data.name} TFDS records were not found in data_dir={data_dir or "~/tensorflow_datasets"}. '
+          'M3SVD cannot be downloaded automatically: get it from the M3SVD release, build the records with '
+          '`tfds build data/m3svd --manual_dir=<M3SVD folder> --data_dir=<records dir>` and train with '
+          '--config.data.data_dir=<records dir>. To try the whole loop without M3SVD, run '
+          '`python train.py --config=configs/demo.py --workdir=/tmp/vfusion_demo`.') from None
+  raise ValueError(f'unknown config.data.source {source!r}; use "synthetic" or "tfds"')
+
+
+def make_train_iterator(config: ml_collections.ConfigDict):
+  """This process's checkpointable iterator of host-local training batches."""
+  from vfusion_jax.data import degrade  # pylint: disable=g-import-not-at-top
+
+  data = config.data
+  degradation_config = degrade.DegradationConfig(**data.get('degradation_ranges', {}))
+  dataset = pipeline.train_dataset(
+      make_train_source(config), batch_size=config.batch_size, num_frames=config.num_frames,
+      crop_size=config.crop_size, seed=config.seed, degradation=data.get('degradation', 'synthetic'),
+      degradation_config=degradation_config, flips=data.get('flips', False), rot90=data.get('rot90', False),
+      temporal_reverse=data.get('temporal_reverse', False), process_index=jax.process_index(),
+      process_count=jax.process_count())
+  return pipeline.make_iterator(dataset, num_workers=data.get('num_workers', 0))
+
+
+def _metric_collection(keys):
+  return clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in keys})
+
+
+def _preview_strip(outputs: dict, batch: dict) -> np.ndarray:
+  """IR in | visible in | fused | restored IR | restored visible, for the middle frame of each clip."""
+  mid = batch['vi_lq'].shape[1] // 2
+  rows = []
+  for b in range(batch['vi_lq'].shape[0]):
+    rows.append([np.asarray(batch['ir_lq'][b, mid]), np.asarray(batch['vi_lq'][b, mid]),
+                 np.asarray(outputs['fusion'][b, mid]), np.asarray(outputs['ir'][b, mid]),
+                 np.asarray(outputs['vi'][b, mid])])
+  return logging_utils.image_strip(rows)
+
+
+class _StopRequest:
+  """Turns SIGTERM/SIGINT (a preempted Cloud TPU VM, Ctrl-C) into a flag read at step boundaries."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _batch_digest(batch: dict) -> str:
+  import hashlib  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  for key in sorted(batch):
+    digest.update(np.ascontiguousarray(batch[key]).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains ``config`` in ``workdir``, resuming from the latest checkpoint there if any."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_fits(mesh, config.batch_size, config.num_frames)
+  data_sharding = sharding.clip_sharding(mesh)
+  repl = sharding.replicated(mesh)
+
+  model = create_model(config)
+  schedule = optim.make_schedule(config)
+  tx = optim.make_optimizer(config)
+  train_step = make_train_step(model, tx, config.loss, schedule)
+
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  abstract_state = jax.eval_shape(lambda r: init_state(model, tx, r, config), init_rng)
+  state_sharding = jax.tree.map(lambda _: repl, abstract_state)
+
+  iterator = make_train_iterator(config)
+  manager = checkpoint.training_manager(workdir, max_to_keep=config.get('keep_checkpoints', 3))
+  latest = manager.latest_step()
+  if latest is not None:
+    targets = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                           abstract_state, state_sharding)
+    params, opt_state, meta = checkpoint.restore_training(manager, latest, targets.params, targets.opt_state,
+                                                          iterator)
+    state = TrainState(step=jax.device_put(jnp.asarray(meta['step'], jnp.int32), repl), params=params,
+                       opt_state=opt_state)
+    logging.info('Resumed from %s at step %d', manager.directory, meta['step'])
+  else:
+    state = jax.jit(lambda r: init_state(model, tx, r, config), out_shardings=state_sharding)(init_rng)
+  start_step = int(state.step)
+
+  writer = logging_utils.MetricWriter(workdir, enabled=is_main)
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(state.params))
+    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+
+  jitted_step = jax.jit(train_step, in_shardings=(state_sharding, data_sharding, repl),
+                        out_shardings=(state_sharding, repl), donate_argnums=0)
+  predict = jax.jit(lambda p, ir, vi: model.apply({'params': p}, ir, vi))
+  progress = logging_utils.ProgressLine(config.total_steps, batch_size=config.batch_size, start_step=start_step,
+                                        print_fn=print if is_main else (lambda *_: None))
+  digests_path = os.path.join(workdir, 'batch_digests.jsonl') if config.get('log_batch_digests') else None
+  hang_step = config.get('debug_hang_after_checkpoint_step', 0)
+
+  def save(step):
+    meta = {'step': step, 'config': json.loads(config.to_json_best_effort())}
+    checkpoint.save_training(manager, step, state.params, state.opt_state, meta, iterator)
+
+  accumulated = None
+  step = start_step
+  with _StopRequest() as stop:
+    while step < config.total_steps:
+      host_batch = next(iterator)
+      if digests_path and is_main:
+        with open(digests_path, 'a') as f:
+          f.write(json.dumps({'step': step + 1, 'digest': _batch_digest(host_batch)}) + '\n')
+      batch = sharding.host_batch_to_global(host_batch, mesh)
+      state, metrics = jitted_step(state, batch, jax.random.fold_in(step_rng, step))
+      if not bool(metrics['finite']):
+        manager.wait_until_finished()
+        last = manager.latest_step()
+        writer.close()
+        raise FloatingPointError(
+            f'the loss became {float(metrics["loss"])} at step {step + 1}; training stopped. The state of step '
+            f'{step} was kept and not saved; the last good checkpoint is step {last} in {manager.directory}.')
+      step += 1
+      metrics = {k: v for k, v in metrics.items() if k != 'finite'}
+      update = _metric_collection(metrics).single_from_model_output(**metrics)
+      accumulated = update if accumulated is None else accumulated.merge(update)
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        scalars = {k: float(v) for k, v in accumulated.compute().items()}
+        accumulated = None
+        progress(step, scalars)
+        scalars.update(progress.last_rates)
+        writer.write_scalars(step, scalars)
+      preview_every = config.get('preview_every_steps', 0)
+      if is_main and preview_every and (step % preview_every == 0 or step == config.total_steps):
+        outputs = predict(state.params, batch['ir_lq'], batch['vi_lq'])
+        writer.write_images(step, {'preview': _preview_strip(jax.device_get(outputs), jax.device_get(batch))})
+      preempted = stop.signal is not None
+      if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
+        save(step)
+      if preempted:
+        logging.warning('Signal %d received: saved step %d, exiting.', stop.signal, step)
+        break
+      if hang_step and step == hang_step:  # test hook: stay alive after this checkpoint so a test can SIGKILL
+        manager.wait_until_finished()
+        logging.warning('debug_hang_after_checkpoint_step=%d: checkpoint committed, sleeping.', step)
+        while True:
+          time.sleep(1)
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  if hasattr(iterator, 'close'):
+    iterator.close()
+  return state
+
+
+def write_preview(config: ml_collections.ConfigDict, workdir: str, params: Any) -> dict:
+  """Fuses a held-out synthetic video and writes ``preview.png`` (middle frame) and ``preview.mp4``.
+
+  Panels, left to right: degraded IR | degraded visible | fused | restored IR | restored visible. The video is
+  cut into consecutive windows of ``config.preview_window`` frames, the last one ending at the last frame (the
+  official test rule, REFERENCE.md 8.4).
+  """
+  from vfusion_jax import inference  # pylint: disable=g-import-not-at-top
+  from vfusion_jax.data import degrade, synthetic, video_io  # pylint: disable=g-import-not-at-top
+
+  data = config.data
+  held_out_seed = data.seed + 10_000  # never a training video: those are seeded by (seed, index)
+  pair = synthetic.synthetic_video_pair(held_out_seed, config.preview_video_frames, data.height, data.width)
+  ir_lq, vi_lq = degrade.degrade_clip(pair['ir_gt'], pair['vi_gt'], np.random.default_rng(held_out_seed))
+  frames = ir_lq.shape[0]
+  window = config.preview_window
+  starts = list(range(0, frames - window + 1, window))
+  if starts[-1] + window < frames:
+    starts.append(frames - window)
+  outputs = {k: np.zeros(vi_lq.shape, np.float32) for k in ('fusion', 'ir', 'vi')}
+  for start in starts:
+    out = inference.fuse(params, config, ir_lq[start:start + window], vi_lq[start:start + window])
+    for key in outputs:
+      outputs[key][start:start + window] = out[key]
+  panels = [np.repeat(ir_lq, 3, -1), vi_lq, outputs['fusion'], outputs['ir'], outputs['vi']]
+  video = np.concatenate(panels, axis=2)
+  video_u8 = np.round(np.clip(video, 0, 1) * 255).astype(np.uint8)
+  png_path = os.path.join(workdir, 'preview.png')
+  mid = frames // 2
+  logging_utils.save_png(png_path, logging_utils.image_strip([[p[mid] for p in panels]]))
+  mp4_path = os.path.join(workdir, 'preview.mp4')
+  with video_io.VideoWriter(mp4_path, fps=10, overwrite=True) as writer:
+    for frame in video_u8:
+      writer.write(frame)
+  return {'png': png_path, 'mp4': mp4_path}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Entry point of train.py: trains, then writes the fused preview when the config asks for one."""
+  state = train_and_evaluate(config, workdir)
+  if config.get('preview_video_frames') and jax.process_index() == 0 and int(state.step) >= config.total_steps:
+    paths = write_preview(config, workdir, jax.device_get(state.params))
+    print(f'preview: {paths["png"]} {paths["mp4"]}')
+  return state
