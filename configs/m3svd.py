@@ -77,6 +77,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.preview_every_steps = 5000
   config.remat = False
+  # Test hooks (tests/test_train_lib.py): write batch_digests.jsonl; sleep after the checkpoint of this step.
+  config.log_batch_digests = False
+  config.debug_hang_after_checkpoint_step = 0
 
   # Loss and optimiser sections (REFERENCE.md 6 and 7).
   config.loss = losses.default_loss_config('released')
@@ -85,6 +88,14 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
 
   # Parallelism: a mesh over batch ('data') and time ('time'); -1 takes the remaining devices.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, time=1))
+  # Multi-host: 'auto' initialises jax.distributed on a Cloud TPU VM (detected from its environment) and
+  # otherwise runs single-process; True needs the three fields below (or the cluster's environment).
+  config.distributed = ml_collections.ConfigDict(dict(
+      enabled='auto',
+      coordinator_address=ml_collections.FieldReference(None, field_type=str),
+      num_processes=ml_collections.FieldReference(None, field_type=int),
+      process_id=ml_collections.FieldReference(None, field_type=int),
+  ))
 
   if variant == 'tiny':
     config.model = tiny_model()

@@ -311,8 +311,37 @@ def write_preview(config: ml_collections.ConfigDict, workdir: str, params: Any) 
   return {'png': png_path, 'mp4': mp4_path}
 
 
+_TPU_VM_ENV = ('TPU_WORKER_HOSTNAMES', 'CLOUD_TPU_TASK_ID', 'TPU_WORKER_ID')
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> bool:
+  """Calls ``jax.distributed.initialize`` when the config asks for it (or 'auto' on a Cloud TPU VM).
+
+  Must run before anything touches a JAX backend. Returns whether the run is multi-process.
+  """
+  dist = config.get('distributed')
+  if dist is None:
+    return False
+  enabled = dist.get('enabled', 'auto')
+  if enabled == 'auto':
+    enabled = any(os.environ.get(k) for k in _TPU_VM_ENV)
+  if not enabled:
+    return False
+  kwargs = {k: dist.get(k) for k in ('coordinator_address', 'num_processes', 'process_id')
+            if dist.get(k) is not None}
+  if kwargs.get('coordinator_address') and jax.config.jax_platforms in (None, '', 'cpu'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # cross-process collectives on CPU
+  jax.distributed.initialize(**kwargs)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return jax.process_count() > 1
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Entry point of train.py: trains, then writes the fused preview when the config asks for one."""
+  from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.enable_compilation_cache()
+  maybe_initialize_distributed(config)
   state = train_and_evaluate(config, workdir)
   if config.get('preview_video_frames') and jax.process_index() == 0 and int(state.step) >= config.total_steps:
     paths = write_preview(config, workdir, jax.device_get(state.params))
