@@ -12,7 +12,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from vfusion_jax import train_lib
+from vfusion_jax import runtime
+
+runtime.configure_xla_flags()  # before JAX starts a backend
+
+from vfusion_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file (configs/*.py[:variant])',
                                           lock_config=True)

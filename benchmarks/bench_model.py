@@ -24,6 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _measure(config_variant: str, frames: int, height: int, width: int, repeats: int, dtype: str) -> dict:
   sys.path.insert(0, REPO)
+  from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.configure_xla_flags()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -72,6 +74,8 @@ def main():
     return
 
   allocator = os.environ.get('GLIBC_TUNABLES', 'glibc default')
+  sys.path.insert(0, REPO)
+  from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
   results = []
   for size in args.sizes.split(','):
     cmd = [sys.executable, __file__, '--_child', size, '--frames', str(args.frames), '--config', args.config,
@@ -81,7 +85,8 @@ def main():
     print(f'done {size}: {results[-1]["clip_s"]:.2f} s/clip', file=sys.stderr)
 
   print(f'\nconfig={args.config or "released"} dtype={args.dtype} T={args.frames} B=1, '
-        f'allocator: {allocator}, jax {__import__("jax").__version__}, {os.cpu_count()} CPUs\n')
+        f'allocator: {allocator}, XLA flags: {os.environ.get("XLA_FLAGS") or " ".join(runtime.CPU_XLA_FLAGS)}, '
+        f'jax {__import__("jax").__version__}, {os.cpu_count()} CPUs\n')
   print('| H×W | compile (s) | s/clip | s/frame | GFLOP/frame (XLA) | GFLOP/s | peak RSS (GiB) |')
   print('|---|---|---|---|---|---|---|')
   for r in results:

@@ -5,6 +5,10 @@ import pathlib
 
 import pytest
 
+from vfusion_jax import runtime
+
+runtime.configure_xla_flags()  # the project's XLA:CPU flags, before any test starts a JAX backend
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOCAL_FIXTURES = REPO / 'tests' / 'fixtures'
 SHARED = REPO.parent / 'shared'

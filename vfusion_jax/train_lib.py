@@ -98,15 +98,21 @@ def make_train_source(config: ml_collections.ConfigDict):
     data_dir = data.get('data_dir')
     try:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      return tfds.data_source(data.name, split=data.get('train_split', 'train'), data_dir=data_dir)
+      decoders = None
+      if data.get('degradation', 'synthetic') == 'synthetic':  # the stored LQ frames are not needed
+        decoders = {'ir_lq': tfds.decode.SkipDecoding(), 'vi_lq': tfds.decode.SkipDecoding()}
+      return tfds.data_source(data.name, split=data.get('train_split', 'train'), data_dir=data_dir,
+                              decoders=decoders, download=False)
     except Exception as e:  # pylint: disable=broad-except
       logging.info('tfds.data_source failed: %s', e)
       raise DataNotFoundError(
           f'the {data.name} TFDS records were not found in data_dir={data_dir or "~/tensorflow_datasets"}. '
-          'M3SVD cannot be downloaded automatically: get it from the M3SVD release, build the records with '
-          '`tfds build data/m3svd --manual_dir=<M3SVD folder> --data_dir=<records dir>` and train with '
-          '--config.data.data_dir=<records dir>. To try the whole loop without M3SVD, run '
-          '`python train.py --config=configs/demo.py --workdir=/tmp/vfusion_demo`.') from None
+          'M3SVD cannot be downloaded automatically: get it from the M3SVD release (the image release with '
+          'infrared_Enhance/ infrared_noise/ visible_Enhance/ visible_Blur/, or infrared/ visible/ mp4 pairs), '
+          'build the records with `python -m vfusion_jax.data.build --manual_dir=<M3SVD folder> '
+          '--data_dir=<records dir>` and train with --config.data.data_dir=<records dir>. To try the whole '
+          'loop without M3SVD, run `python train.py --config=configs/demo.py --workdir=/tmp/vfusion_demo`.'
+      ) from None
   raise ValueError(f'unknown config.data.source {source!r}; use "synthetic" or "tfds"')
 
 
