@@ -12,7 +12,7 @@ from vfusion_jax.data import degrade
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'm3svd_sample'
 SAMPLE_VIDEOS = ('0111_1716', '0114_1609', '0115_1834')
-SAMPLE_FRAMES = 6
+SAMPLE_FRAMES = 4
 DRAWS_PER_VIDEO = 8
 # Half a grey level: statistics this close to a range end count as inside (they are at the noise floor).
 STAT_ATOL = 0.5 / 255

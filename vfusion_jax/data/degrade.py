@@ -5,7 +5,7 @@ such pairs on the fly from clean clips, so that any clean source (M3SVD GT, the 
 
 Visible: a 15x15 isotropic Gaussian blur (BasicSR kernel, reflect-101 borders, one sigma per clip), then a
 per-channel gain/offset, because the real `visible_Blur` frames are also slightly brighter and flatter than
-`visible_Enhance` (best fit 0.93-1.00 * blur(gt) + 0.02-0.06).
+`visible_Enhance` (best fit 0.93-0.99 * blur(gt) + 0.02-0.05 per channel).
 
 Infrared: the stripe model of MDIVDNet (Cai et al., TIP 2024) as described in REFERENCE.md 8.5, adapted to
 what the real `infrared_noise` - `infrared_Enhance` pairs show:
@@ -80,17 +80,18 @@ class DegradationConfig:
 
   Attributes:
     blur_sigma_range: Gaussian blur sigma in pixels (paper: U[0.9, 2.1]; real best fit 1.39-1.93).
-    vi_gain_range: per-channel gain applied after the blur (real 0.93-1.00).
-    vi_offset_range: per-channel offset applied after the blur (real 0.017-0.055).
+    vi_gain_range: per-channel gain applied after the blur (real 0.93-0.99).
+    vi_offset_range: per-channel offset applied after the blur (real 0.017-0.053).
     ir_column_std_range: std of the fixed column stripes (real 0.029-0.032; MDIVDNet [0, 0.059]).
-    ir_row_std_range: std of the fixed row stripes (real: none detectable; MDIVDNet [0, 0.059]).
+    ir_row_std_range: std of the fixed row stripes (real: none, <= 0.0005 after removing the smooth field,
+      whose vertical variation is what a raw row-mean std of 0.015-0.033 measures; MDIVDNet [0, 0.059]).
     ir_temporal_row_std_range: std of per-frame row stripes (real: none; MDIVDNet [0.02, 0.14]).
     ir_pixel_std_range: std of the per-pixel noise (real 0.035-0.051; MDIVDNet [0.02, 0.14]).
     ir_offset_mean_range: mean of the bias field over the virtual frame (real +0.12..+0.16).
-    ir_offset_amplitude_range: max - min of the bias field over the virtual frame (real 0.09-0.17).
+    ir_offset_amplitude_range: max - min of the bias field over the virtual frame (real 0.10-0.18).
     ir_offset_power_range: exponent of the normalised log-distance map (MDIVDNet uses 4).
-    ir_tone_knee_range: intensity above which the IR highlights are compressed (real 0.2-0.4).
-    ir_tone_slope_range: highlight compression slope, 0 = none (real 0.18-0.24).
+    ir_tone_knee_range: intensity above which the IR highlights are compressed (real 0.15-0.5).
+    ir_tone_slope_range: highlight compression slope, 0 = none (real 0.20-0.27).
     field_frame_size: (H, W) of the virtual frame holding the bias field; clips smaller than it are a
       random crop of it, larger clips use their own size.
     quantize: round the outputs to 8-bit grey levels, as the real LQ frames are 8-bit PNGs.
@@ -149,6 +150,14 @@ def _uniform(rng: np.random.Generator, bounds: Range) -> float:
 
 def _quantize(x: np.ndarray) -> np.ndarray:
   return (np.round(x * UINT8_MAX) / UINT8_MAX).astype(np.float32)
+
+
+def _to_float(x: np.ndarray, dtype=np.float64) -> np.ndarray:
+  """uint8 grey levels or floats in [0, 1] -> floats in [0, 1]."""
+  x = np.asarray(x)
+  if x.dtype == np.uint8:
+    return x.astype(dtype) / dtype(UINT8_MAX)
+  return x.astype(dtype, copy=False)
 
 
 def gaussian_kernel(size: int = KERNEL_SIZE, sigma: float = 1.5) -> np.ndarray:
@@ -302,8 +311,8 @@ def degrade_clip(ir_clip: np.ndarray, vi_clip: np.ndarray, rng: np.random.Genera
   """Degrades a registered clean clip pair; parameters are drawn once per clip (IR first, then visible).
 
   Args:
-    ir_clip: (T, H, W, 1) clean infrared, float in [0, 1].
-    vi_clip: (T, H, W, 3) clean visible, float in [0, 1].
+    ir_clip: (T, H, W, 1) clean infrared, float in [0, 1] or uint8.
+    vi_clip: (T, H, W, 3) clean visible, float in [0, 1] or uint8.
     rng: the generator all randomness comes from.
     cfg: parameter ranges; defaults to `DegradationConfig()`.
 
@@ -311,8 +320,8 @@ def degrade_clip(ir_clip: np.ndarray, vi_clip: np.ndarray, rng: np.random.Genera
     (ir_lq (T, H, W, 1), vi_lq (T, H, W, 3)), float32 in [0, 1].
   """
   cfg = cfg or DegradationConfig()
-  ir_clip = np.asarray(ir_clip)
-  vi_clip = np.asarray(vi_clip)
+  ir_clip = _to_float(ir_clip, np.float32)
+  vi_clip = _to_float(vi_clip, np.float32)
   if ir_clip.ndim != 4 or ir_clip.shape[-1] != 1:
     raise ValueError(f'ir_clip must be (T, H, W, 1), got {ir_clip.shape}')
   if vi_clip.ndim != 4 or vi_clip.shape[-1] != 3 or vi_clip.shape[:3] != ir_clip.shape[:3]:
@@ -327,20 +336,13 @@ def degrade_clip(ir_clip: np.ndarray, vi_clip: np.ndarray, rng: np.random.Genera
   return ir_lq, vi_lq
 
 
-def _to_float(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x)
-  if x.dtype == np.uint8:
-    return x.astype(np.float64) / UINT8_MAX
-  return x.astype(np.float64)
-
-
 def _affine_fit_sse(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
   """Least-squares y ~ a x + b over all elements; returns (sse, a, b)."""
   x = x.ravel().astype(np.float64)
   y = y.ravel().astype(np.float64)
   xm, ym = x.mean(), y.mean()
   xc, yc = x - xm, y - ym
-  sxx, sxy, syy = float(xc @ xc), float(xc @ yc), float(yc @ yc)
+  sxx, sxy, syy = (float(np.einsum('n,n->', u, v)) for u, v in ((xc, xc), (xc, yc), (yc, yc)))
   a = sxy / sxx if sxx > 0 else 0.0
   return max(syy - a * sxy, 0.0), a, ym - a * xm
 
@@ -364,8 +366,8 @@ def estimate_blur_sigma(clean: np.ndarray, blurred: np.ndarray, *, return_affine
   Returns:
     sigma, or (sigma, gain (C,), offset (C,)) if return_affine.
   """
-  clean = _to_float(clean).astype(np.float32)
-  blurred = _to_float(blurred).astype(np.float32)
+  clean = _to_float(clean, np.float32)
+  blurred = _to_float(blurred, np.float32)
   if clean.shape != blurred.shape or clean.ndim not in (3, 4):
     raise ValueError(f'need equal (T, H, W, C) or (H, W, C) shapes, got {clean.shape}, {blurred.shape}')
   if clean.ndim == 3:
@@ -465,25 +467,26 @@ def estimate_stripe_stats(clean_ir: np.ndarray, noisy_ir: np.ndarray) -> dict:
   target = diff.ravel()[fit_idx]
   clean_fit = clean.ravel()[fit_idx]
   # Normal equations: the polynomial block is shared by all knees, each knee adds one row and column.
-  basis_fit_t = np.ascontiguousarray(basis_fit.T)  # contiguous rows: fast matrix-vector products.
-  gram = basis_fit_t @ basis_fit
-  basis_target = basis_fit_t @ target
-  target_energy = float(target @ target)
+  # Products go through einsum, not BLAS, whose threads crawl when data workers share few cores.
+  gram = np.einsum('ni,nj->ij', basis_fit, basis_fit)
+  basis_target = np.einsum('ni,n->i', basis_fit, target)
+  target_energy = float(np.einsum('n,n->', target, target))
   poly_coef = np.linalg.solve(gram, basis_target)
-  best_sse = target_energy - float(poly_coef @ basis_target)
+  best_sse = target_energy - float(np.einsum('i,i->', poly_coef, basis_target))
   knee, hinge = float('nan'), 0.0
   for candidate in TONE_KNEES:
     hinge_col = np.maximum(clean_fit - candidate, 0.0)
     if np.mean(hinge_col > 0) < MIN_KNEE_SUPPORT:
       continue
-    cross = basis_fit_t @ hinge_col
-    system = np.block([[gram, cross[:, None]], [cross[None, :], np.array([[hinge_col @ hinge_col]])]])
-    rhs = np.append(basis_target, hinge_col @ target)
+    cross = np.einsum('ni,n->i', basis_fit, hinge_col)
+    hinge_energy = np.einsum('n,n->', hinge_col, hinge_col)
+    system = np.block([[gram, cross[:, None]], [cross[None, :], np.array([[hinge_energy]])]])
+    rhs = np.append(basis_target, np.einsum('n,n->', hinge_col, target))
     coef = np.linalg.solve(system, rhs)
-    sse = target_energy - float(coef @ rhs)
+    sse = target_energy - float(np.einsum('i,i->', coef, rhs))
     if sse < best_sse:
       best_sse, knee, hinge, poly_coef = sse, float(candidate), float(coef[-1]), coef[:-1]
-  field = basis @ poly_coef
+  field = np.einsum('hwk,k->hw', basis, poly_coef)
   tone = hinge * np.maximum(clean - knee, 0.0) if hinge else 0.0
 
   # Fixed stripes: high-passed column and row means of the residual over all frames.

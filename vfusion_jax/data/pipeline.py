@@ -15,7 +15,9 @@ this process's share of the global batch.
 """
 
 import dataclasses
-from typing import Any, Mapping
+import os
+import pathlib
+from typing import Any, Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
@@ -132,3 +134,156 @@ def make_iterator(dataset: grain.MapDataset, *, num_workers: int = 0, prefetch: 
   if num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(ds)
+
+
+# Evaluation: whole videos, in order.
+
+STREAM_KEYS = ('ir_gt', 'vi_gt', 'ir_lq', 'vi_lq')
+TFDS_INFO_FILE = 'dataset_info.json'
+# Names given to frames of a source that stores none (0-based, like the released 0000.png).
+FRAME_NAME_DIGITS = 4
+
+
+def eval_videos(source_or_path: Any, *, split: str | None = None, data_dir: str | None = None,
+                videos: Sequence[str] | None = None, max_frames: int | None = None,
+                ir_gray: str = 'auto') -> Iterator[dict]:
+  """Yields whole videos in order, for evaluation and inference.
+
+  Each item: ``video`` (str), ``frame_names`` (list of N str), ``ir_gt`` uint8 (N, H, W, 1), ``vi_gt`` uint8
+  (N, H, W, 3), and ``ir_lq`` / ``vi_lq`` (same shapes) only when the data has the release's degraded
+  frames. A whole video is held in memory (640x480: 2.5 MB per frame with LQ); ``max_frames`` keeps the
+  first frames only.
+
+  Args:
+    source_or_path: one of
+      * a random-access source of chunks in the layout at the top of this module (``tfds.data_source(...)``,
+        ``synthetic.SyntheticVideoSource``); a video's chunks must be consecutive records in frame order, as
+        the M3SVD builder writes them; chunks may overlap (the overlap is read once);
+      * the folder of TFDS records (``<data_dir>/m3svd/<config>/<version>``, holding dataset_info.json);
+      * a TFDS name such as 'm3svd' when ``data_dir`` is given;
+      * a dataset folder in any layout of ``vfusion_jax.data.sources`` (frame folders or mp4 pairs).
+    split: the TFDS split (needed when the records have several), or the split folder of a dataset folder
+      (None: all videos).
+    data_dir: TFDS data_dir, when ``source_or_path`` is a dataset name.
+    videos: only these video names (all if None).
+    max_frames: keep at most this many frames of each video.
+    ir_gray: how infrared becomes one channel, for dataset folders (see ``sources``).
+
+  Raises:
+    ValueError: chunks of a video are not consecutive, start after frame 0 or leave a gap; an unknown split.
+    sources.DataError: a malformed video in a dataset folder.
+  """
+  if max_frames is not None and max_frames < 1:
+    raise ValueError(f'max_frames must be >= 1, got {max_frames}')
+  if isinstance(source_or_path, (str, os.PathLike)):
+    path = pathlib.Path(source_or_path)
+    if data_dir is not None:
+      source = _tfds_data_source(str(source_or_path), split, data_dir)
+    elif (path / TFDS_INFO_FILE).is_file():
+      source = _tfds_records(path, split)
+    else:
+      yield from _videos_from_folder(path, split, videos, max_frames, ir_gray)
+      return
+  else:
+    source = source_or_path
+  yield from _videos_from_chunks(source, videos, max_frames)
+
+
+def _tfds_data_source(name: str, split: str | None, data_dir: str):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if split is None:
+    raise ValueError(f'eval_videos({name!r}, data_dir=...) needs a split')
+  return tfds.data_source(name, split=split, data_dir=data_dir)
+
+
+def _tfds_records(path: pathlib.Path, split: str | None):
+  """The data source of one split of the TFDS records in ``path``."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder_from_directory(path)
+  splits = list(builder.info.splits)
+  if split is None:
+    if len(splits) != 1:
+      raise ValueError(f'{path} has splits {splits}; pass split=')
+    split = splits[0]
+  return builder.as_data_source(split=split)
+
+
+def _videos_from_folder(path: pathlib.Path, split: str | None, videos: Sequence[str] | None,
+                        max_frames: int | None, ir_gray: str) -> Iterator[dict]:
+  from vfusion_jax.data import sources  # pylint: disable=g-import-not-at-top
+  found = sources.scan(path, ir_gray=ir_gray, max_frames=max_frames, videos=videos).videos
+  if split is not None:
+    if all(video.split is None for video in found):
+      raise ValueError(f'{path} has no split folders; pass split=None to read all its videos')
+    found = [video for video in found if video.split == split]
+  for video in found:
+    yield dict(video=video.name, frame_names=list(video.frame_names), **video.read())
+
+
+def _text(value: Any) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+class _VideoAccumulator:
+  """Concatenates the consecutive (possibly overlapping) chunks of one video."""
+
+  def __init__(self, name: str, max_frames: int | None):
+    self.name = name
+    self.max_frames = max_frames
+    self.num_frames = 0
+    self.names: list[str] = []
+    self.frames: dict[str, list[np.ndarray]] = {}
+
+  def add(self, example: Mapping[str, Any], record: int):
+    if self.max_frames is not None and self.num_frames >= self.max_frames:
+      return
+    start = int(example['frame_index'])
+    if start > self.num_frames:
+      raise ValueError(f'video {self.name!r}: record {record} starts at frame {start}, but frames '
+                       f'{self.num_frames}..{start - 1} are in no earlier chunk (the source must hold each '
+                       "video's chunks consecutively, in frame order)")
+    count = np.asarray(example['ir_gt']).shape[0]
+    stop = count if self.max_frames is None else min(count, self.max_frames - start)
+    skip = self.num_frames - start  # Frames already read from the previous, overlapping chunk.
+    if stop <= skip:
+      return
+    keys = [key for key in STREAM_KEYS if _has_frames(example, key)]
+    if self.frames and set(keys) != set(self.frames):
+      raise ValueError(f'video {self.name!r}: record {record} has streams {keys}, earlier chunks '
+                       f'{sorted(self.frames)}')
+    for key in keys:
+      self.frames.setdefault(key, []).append(np.asarray(example[key])[skip:stop])
+    names = example.get('frame_names')
+    if names is None or len(names) != count:
+      names = [f'{start + i:0{FRAME_NAME_DIGITS}d}.png' for i in range(count)]
+    self.names.extend(_text(name) for name in list(names)[skip:stop])
+    self.num_frames = start + stop
+
+  def result(self) -> dict:
+    return dict(video=self.name, frame_names=self.names,
+                **{key: np.concatenate(parts) for key, parts in self.frames.items()})
+
+
+def _videos_from_chunks(source: Any, videos: Sequence[str] | None, max_frames: int | None) -> Iterator[dict]:
+  """Groups the consecutive chunks of each video of a random-access source into whole videos."""
+  wanted = None if videos is None else set(videos)
+  current, done = None, set()
+  for record in range(len(source)):
+    example = source[record]
+    name = _text(example['video'])
+    if wanted is not None and name not in wanted:
+      continue
+    if current is None or name != current.name:
+      if current is not None:
+        yield current.result()
+        done.add(current.name)
+      if name in done:
+        raise ValueError(f'video {name!r}: record {record} is separated from its earlier chunks by another '
+                         "video (the source must hold each video's chunks consecutively, in frame order)")
+      if int(example['frame_index']) != 0:
+        raise ValueError(f'video {name!r}: its first chunk (record {record}) starts at frame '
+                         f'{int(example["frame_index"])}, not 0')
+      current = _VideoAccumulator(name, max_frames)
+    current.add(example, record)
+  if current is not None:
+    yield current.result()

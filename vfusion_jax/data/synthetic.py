@@ -183,10 +183,12 @@ def _make_scene(rng: np.random.Generator, num_frames: int, height: int, width: i
   ir_own = _power_law_noise(rng, canvas_h, canvas_w, IR_TEXTURE_EXPONENT)
   ir_contrast = rng.uniform(*IR_TEXTURE_CONTRAST_RANGE)
 
-  luminance = 1.0 + (weights @ contrasts) * fine + SHADING_CONTRAST * shading
-  albedo = np.clip((weights @ colours) * luminance[..., None], 0.0, 1.0)
+  # Mixtures via einsum rather than BLAS, whose threads crawl when data workers share few cores.
+  luminance = 1.0 + np.einsum('hwk,k->hw', weights, contrasts) * fine + SHADING_CONTRAST * shading
+  albedo = np.clip(np.einsum('hwk,kc->hwc', weights, colours) * luminance[..., None], 0.0, 1.0)
   ir_texture = IR_SHARED_TEXTURE_WEIGHT * fine + (1.0 - IR_SHARED_TEXTURE_WEIGHT) * ir_own
-  temperature = weights @ temperatures + ir_contrast * ir_texture + 0.5 * ir_contrast * shading
+  temperature = (np.einsum('hwk,k->hw', weights, temperatures) + ir_contrast * ir_texture
+                 + 0.5 * ir_contrast * shading)
   if is_night:
     temperature = temperature.mean() + NIGHT_IR_CONTRAST * (temperature - temperature.mean()) - NIGHT_IR_COOLING
   temperature = np.clip(temperature, 0.0, 1.0)

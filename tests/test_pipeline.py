@@ -1,0 +1,208 @@
+"""Tests of vfusion_jax.data.pipeline: the training batches (on chunk sources and the M3SVD TFDS records) and
+the whole-video evaluation reader."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from test_sources import PLAIN, random_video, tiny_release, write_mp4s
+from vfusion_jax.data import build
+from vfusion_jax.data import pipeline
+from vfusion_jax.data import synthetic
+
+NUM_FRAMES = 3
+CROP = 8
+BATCH = 4
+SEED = 7
+CHUNK_FRAMES = 4
+FRAME_SIZE = (12, 14)
+NUM_EXAMPLES = 8
+# Constant-valued chunks: example i has clean frames i + 1 and degraded frames LQ_OFFSET + i, so a batch
+# element tells which example it came from.
+LQ_OFFSET = 100
+STREAM_CHANNELS = {'ir_lq': 1, 'vi_lq': 3, 'ir_gt': 1, 'vi_gt': 3}
+
+
+def constant_source(num_examples=NUM_EXAMPLES, with_lq=True):
+  """A list of chunks (the per-example layout of pipeline.py) with constant frames that identify them."""
+  shape = (CHUNK_FRAMES, *FRAME_SIZE)
+  source = []
+  for i in range(num_examples):
+    example = dict(video=f'v{i // 2}', frame_index=(i % 2) * CHUNK_FRAMES,
+                   ir_gt=np.full((*shape, 1), i + 1, np.uint8), vi_gt=np.full((*shape, 3), i + 1, np.uint8))
+    lq_frames = CHUNK_FRAMES if with_lq else 0
+    example['ir_lq'] = np.full((lq_frames, *FRAME_SIZE, 1), LQ_OFFSET + i, np.uint8)
+    example['vi_lq'] = np.full((lq_frames, *FRAME_SIZE, 3), LQ_OFFSET + i, np.uint8)
+    source.append(example)
+  return source
+
+
+def _dataset(source=None, **kwargs):
+  options = dict(batch_size=BATCH, num_frames=NUM_FRAMES, crop_size=CROP, seed=SEED)
+  options.update(kwargs)
+  return pipeline.train_dataset(constant_source() if source is None else source, **options)
+
+
+def _example_ids(batch):
+  """The source example index of every clip of a batch (from the constant clean frames)."""
+  return [int(round(v * 255)) - 1 for v in batch['ir_gt'][:, 0, 0, 0, 0]]
+
+
+def _assert_batches_equal(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_batch_contract_shapes_dtypes_ranges():
+  batch = _dataset()[0]
+  assert set(batch) == set(STREAM_CHANNELS)
+  for key, channels in STREAM_CHANNELS.items():
+    assert batch[key].shape == (BATCH, NUM_FRAMES, CROP, CROP, channels)
+    assert batch[key].dtype == np.float32
+    assert 0.0 <= batch[key].min() and batch[key].max() <= 1.0
+  assert not np.array_equal(batch['vi_lq'], batch['vi_gt'])  # Synthetic degradation happened.
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+  first, again, other = _dataset(), _dataset(), _dataset(seed=SEED + 1)
+  for i in range(3):
+    _assert_batches_equal(first[i], again[i])
+  assert any(not np.array_equal(first[i]['ir_lq'], other[i]['ir_lq']) for i in range(3))
+
+
+def test_iterator_state_resumes_on_the_same_batch():
+  iterator = pipeline.make_iterator(_dataset())
+  next(iterator)
+  next(iterator)
+  state = iterator.get_state()
+  expected = [next(iterator) for _ in range(2)]
+  resumed = pipeline.make_iterator(_dataset())
+  resumed.set_state(state)
+  for batch in expected:
+    _assert_batches_equal(batch, next(resumed))
+
+
+def test_process_slices_are_disjoint_and_cover_the_global_stream():
+  steps = NUM_EXAMPLES // BATCH  # One epoch of the shuffled source.
+  single = _dataset(batch_size=1)
+  per_process = [_dataset(process_index=p, process_count=2) for p in range(2)]
+  ids = []
+  for process, dataset in enumerate(per_process):
+    process_ids = []
+    for step in range(steps):
+      batch = dataset[step]
+      assert batch['ir_gt'].shape[0] == BATCH // 2
+      for k in range(BATCH // 2):
+        global_index = (step * BATCH // 2 + k) * 2 + process
+        np.testing.assert_array_equal(batch['ir_lq'][k], single[global_index]['ir_lq'][0])
+      process_ids += _example_ids(batch)
+    ids.append(process_ids)
+  assert not set(ids[0]) & set(ids[1])
+  assert sorted(ids[0] + ids[1]) == list(range(NUM_EXAMPLES))
+  with pytest.raises(ValueError, match='not divisible'):
+    _dataset(batch_size=3, process_count=2)
+
+
+def test_dataset_degradation_uses_the_chunks_own_lq_frames():
+  batch = _dataset(degradation='dataset')[0]
+  ids = np.array(_example_ids(batch))
+  for key in ('ir_lq', 'vi_lq'):
+    expected = (LQ_OFFSET + ids)[:, None, None, None, None] / 255.0
+    np.testing.assert_allclose(batch[key], np.broadcast_to(expected, batch[key].shape), atol=1e-6)
+  with pytest.raises(ValueError, match='has no ir_lq frames'):
+    _dataset(constant_source(with_lq=False), degradation='dataset')[0]
+
+
+def test_one_worker_process_gives_the_same_batches():
+  source = synthetic.SyntheticVideoSource(num_videos=2, frames_per_video=8, frames_per_example=4, height=16,
+                                          width=16)
+  dataset = _dataset(source, batch_size=2)
+  expected = [dataset[i] for i in range(2)]
+  iterator = pipeline.make_iterator(dataset, num_workers=1)
+  try:
+    for batch in expected:
+      _assert_batches_equal(batch, next(iterator))
+  finally:
+    iterator.close()
+
+
+@pytest.fixture(scope='module')
+def records(tmp_path_factory):
+  """Tiny M3SVD records with degraded frames: (data_dir, config name, source frames)."""
+  root = tmp_path_factory.mktemp('m3svd')
+  videos = tiny_release(root, np.random.default_rng(0), {'r1': 6, 'r2': 5})
+  data_dir = tmp_path_factory.mktemp('records')
+  builder = build.build(root, data_dir, config='pipe', chunk_frames=CHUNK_FRAMES)
+  return data_dir, f'm3svd/{builder.builder_config.name}', videos
+
+
+def test_training_pipeline_reads_the_tfds_records(records):
+  data_dir, name, videos = records
+  source = tfds.data_source(name, split='train', data_dir=str(data_dir))
+  for degradation in ('dataset', 'synthetic'):
+    batch = _dataset(source, batch_size=2, degradation=degradation)[0]
+    for key, channels in STREAM_CHANNELS.items():
+      assert batch[key].shape == (2, NUM_FRAMES, CROP, CROP, channels) and batch[key].dtype == np.float32
+  # Every clean clip is a window of a real video.
+  clip = np.rint(batch['ir_gt'][0] * 255).astype(np.uint8)
+  windows = [ir[start:start + NUM_FRAMES, top:top + CROP, left:left + CROP]
+             for ir in (frames['ir_gt'] for frames in videos.values())
+             for start in range(len(ir) - NUM_FRAMES + 1)
+             for top in range(ir.shape[1] - CROP + 1) for left in range(ir.shape[2] - CROP + 1)]
+  assert any(np.array_equal(window, clip) for window in windows)
+
+
+def _assert_video(item, name, frames, streams, count=None):
+  count = count or len(frames['ir_gt'])
+  assert item['video'] == name and item['frame_names'] == [f'{i:04d}.png' for i in range(count)]
+  assert set(item) == {'video', 'frame_names', *streams}
+  for key in streams:
+    np.testing.assert_array_equal(item[key], frames[key][:count])
+
+
+def test_eval_videos_from_records_by_path_and_by_name(records):
+  data_dir, name, videos = records
+  version_dir = next(data_dir.rglob('dataset_info.json')).parent
+  for items in (list(pipeline.eval_videos(version_dir)),
+                list(pipeline.eval_videos(name, split='train', data_dir=str(data_dir)))):
+    assert [item['video'] for item in items] == ['r1', 'r2']
+    for item in items:  # r2 (5 frames) has overlapping chunks [0, 4) and [1, 5).
+      _assert_video(item, item['video'], videos[item['video']], pipeline.STREAM_KEYS)
+  (item,) = pipeline.eval_videos(version_dir, videos=['r2'], max_frames=3)
+  _assert_video(item, 'r2', videos['r2'], pipeline.STREAM_KEYS, count=3)
+
+
+def test_eval_videos_from_frame_folders_and_mp4_pairs(tmp_path):
+  rng = np.random.default_rng(1)
+  folders = tiny_release(tmp_path / 'frames', rng, {'f1': 3}, folders=PLAIN, ir_as_rgb=False)
+  (item,) = pipeline.eval_videos(tmp_path / 'frames')
+  _assert_video(item, 'f1', folders['f1'], ('ir_gt', 'vi_gt'))
+  decoded = write_mp4s(tmp_path / 'mp4', {'m1': random_video(rng, 4)})
+  (item,) = pipeline.eval_videos(tmp_path / 'mp4', max_frames=2)
+  _assert_video(item, 'm1', decoded['m1'], ('ir_gt', 'vi_gt'), count=2)
+  tiny_release(tmp_path / 'split' / 'test', rng, {'t1': 2})
+  tiny_release(tmp_path / 'split' / 'train', rng, {'a1': 2})
+  assert [v['video'] for v in pipeline.eval_videos(tmp_path / 'split', split='test')] == ['t1']
+  with pytest.raises(ValueError, match='no split folders'):
+    next(pipeline.eval_videos(tmp_path / 'frames', split='test'))
+
+
+def test_eval_videos_from_a_synthetic_source():
+  source = synthetic.SyntheticVideoSource(num_videos=2, frames_per_video=6, frames_per_example=3, height=8,
+                                          width=8)
+  items = list(pipeline.eval_videos(source))
+  assert [item['video'] for item in items] == [source.video_name(0), source.video_name(1)]
+  np.testing.assert_array_equal(items[1]['vi_gt'], np.concatenate([source[2]['vi_gt'], source[3]['vi_gt']]))
+  assert set(items[0]) == {'video', 'frame_names', 'ir_gt', 'vi_gt'}
+
+
+def test_eval_videos_rejects_sources_not_in_video_order():
+  chunks = constant_source(4)  # v0: records 0, 1; v1: records 2, 3.
+  with pytest.raises(ValueError, match="video 'v0': record 2 is separated"):
+    list(pipeline.eval_videos([chunks[0], chunks[2], chunks[1]]))
+  with pytest.raises(ValueError, match='starts at frame 4, not 0'):
+    list(pipeline.eval_videos([chunks[1]]))
+  gap = dict(chunks[1], frame_index=CHUNK_FRAMES + 1)
+  with pytest.raises(ValueError, match='frames 4..4 are in no earlier chunk'):
+    list(pipeline.eval_videos([chunks[0], gap]))
