@@ -10,6 +10,7 @@ import numpy as np
 
 from vfusion_jax.models import VideoFusion, validate_inputs
 from vfusion_jax.models.network import SPATIAL_MULTIPLE
+from vfusion_jax.windows import crop, pad_to_multiple
 
 
 def _model_config(config: Any) -> dict:
@@ -27,21 +28,6 @@ def _model_config(config: Any) -> dict:
 def _jitted_apply(frozen_config: str):
   model = VideoFusion(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(frozen_config).items()})
   return jax.jit(model.apply)
-
-
-def pad_to_multiple(x: np.ndarray, multiple: int = SPATIAL_MULTIPLE) -> tuple[np.ndarray, tuple[int, int]]:
-  """Reflect-pads (..., H, W, C) at the bottom and right up to multiples of ``multiple`` (the release's rule).
-
-  Returns the padded array and the original (H, W).
-  """
-  h, w = x.shape[-3], x.shape[-2]
-  pad_h, pad_w = -h % multiple, -w % multiple
-  if (pad_h and pad_h >= h) or (pad_w and pad_w >= w):
-    raise ValueError(f'frames of {h}x{w} are too small to reflect-pad to a multiple of {multiple}')
-  if pad_h or pad_w:
-    widths = [(0, 0)] * (x.ndim - 3) + [(0, pad_h), (0, pad_w), (0, 0)]
-    x = np.pad(x, widths, mode='reflect')
-  return x, (h, w)
 
 
 def fuse(params: Any, config: Any, ir: Any, vi: Any) -> dict:
@@ -77,5 +63,5 @@ def fuse(params: Any, config: Any, ir: Any, vi: Any) -> dict:
   vi_p, _ = pad_to_multiple(vi.astype(np.float32))
   apply = _jitted_apply(json.dumps(model_config, sort_keys=True))
   out = apply({'params': params}, jnp.asarray(ir_p), jnp.asarray(vi_p))
-  out = {k: np.asarray(v)[:, :, :h, :w] for k, v in out.items()}
+  out = {k: crop(np.asarray(v), (h, w)) for k, v in out.items()}
   return {k: v[0] for k, v in out.items()} if unbatched else out

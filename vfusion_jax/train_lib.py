@@ -167,6 +167,22 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
+def _log_compiled(compiled) -> None:
+  """Logs XLA's memory and cost analysis of the compiled train step (per device)."""
+  try:
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  except Exception:  # pylint: disable=broad-except  (not every backend implements the analyses)
+    return
+  if memory is not None:
+    logging.info('train step memory per device: temporaries %.2f GiB, arguments %.2f GiB, outputs %.2f GiB',
+                 memory.temp_size_in_bytes / 2**30, memory.argument_size_in_bytes / 2**30,
+                 memory.output_size_in_bytes / 2**30)
+  if cost:
+    logging.info('train step cost per device: %.1f GFLOP', float(cost.get('flops', 0.0)) / 1e9)
+
+
 def _batch_digest(batch: dict) -> str:
   import hashlib  # pylint: disable=g-import-not-at-top
   digest = hashlib.sha256()
@@ -231,6 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     checkpoint.save_training(manager, step, state.params, state.opt_state, meta, iterator)
 
   accumulated = None
+  compiled_step = None
   step = start_step
   with _StopRequest() as stop:
     while step < config.total_steps:
@@ -239,7 +256,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         with open(digests_path, 'a') as f:
           f.write(json.dumps({'step': step + 1, 'digest': _batch_digest(host_batch)}) + '\n')
       batch = sharding.host_batch_to_global(host_batch, mesh)
-      state, metrics = jitted_step(state, batch, jax.random.fold_in(step_rng, step))
+      if compiled_step is None:  # compile once, up front, and report what the step needs
+        compiled_step = jitted_step.lower(state, batch, step_rng).compile()
+        _log_compiled(compiled_step)
+      state, metrics = compiled_step(state, batch, jax.random.fold_in(step_rng, step))
       if not bool(metrics['finite']):
         manager.wait_until_finished()
         last = manager.latest_step()
