@@ -39,7 +39,6 @@ import json
 import math
 import os
 import pathlib
-import secrets
 import time
 import zlib
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
@@ -49,6 +48,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vfusion_jax import infer
+from vfusion_jax import logging_utils
 from vfusion_jax import metrics
 from vfusion_jax import windows
 from vfusion_jax.data import video_io
@@ -506,15 +506,6 @@ def _summarise(results: list, options: EvalOptions, data: Any, checkpoint_dir, n
   }
 
 
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.tmp')
-  try:
-    tmp.write_text(text, encoding='utf-8')
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
 def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator='\n', extrasaction='ignore')
@@ -594,22 +585,22 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
 def _write_tables(output_dir: pathlib.Path, results: list, summary: dict) -> None:
   frame_columns = ['method', 'video', 'frame', 'frame_name', *FRAME_KEYS, *TEMPORAL_KEYS]
   frame_rows = [row for r in results for method_rows in r['rows'].values() for row in method_rows]
-  _write_text_atomic(output_dir / 'metrics_per_frame.csv', _csv_text(frame_rows, frame_columns))
+  logging_utils.write_text_atomic(output_dir / 'metrics_per_frame.csv', _csv_text(frame_rows, frame_columns))
   video_columns = ['method', 'video', 'num_frames', *FRAME_KEYS, *TEMPORAL_KEYS]
   video_rows = [v for rows in summary['per_video'].values() for v in rows]
-  _write_text_atomic(output_dir / 'metrics_per_video.csv', _csv_text(video_rows, video_columns))
+  logging_utils.write_text_atomic(output_dir / 'metrics_per_video.csv', _csv_text(video_rows, video_columns))
   mean_rows = [dict(method=m, **v) for m, v in summary['mean'].items()]
-  _write_text_atomic(output_dir / 'metrics_mean.csv',
+  logging_utils.write_text_atomic(output_dir / 'metrics_mean.csv',
                      _csv_text(mean_rows, ['method', 'num_videos', 'num_frames', *FRAME_KEYS, *TEMPORAL_KEYS]))
   restoration_rows = [row for r in results for row in r['restoration_rows']]
   if restoration_rows:
-    _write_text_atomic(output_dir / 'restoration_per_frame.csv',
+    logging_utils.write_text_atomic(output_dir / 'restoration_per_frame.csv',
                        _csv_text(restoration_rows, ['video', 'frame', 'frame_name', *RESTORATION_KEYS]))
-    _write_text_atomic(output_dir / 'restoration_per_video.csv',
+    logging_utils.write_text_atomic(output_dir / 'restoration_per_video.csv',
                        _csv_text(summary['restoration']['per_video'], ['video', 'num_frames', *RESTORATION_KEYS]))
   text = json.dumps(_map_floats(summary), indent=2, allow_nan=False, default=str)
-  _write_text_atomic(output_dir / 'metrics.json', text + '\n')
-  _write_text_atomic(output_dir / 'metrics.md', markdown_report(summary))
+  logging_utils.write_text_atomic(output_dir / 'metrics.json', text + '\n')
+  logging_utils.write_text_atomic(output_dir / 'metrics.md', markdown_report(summary))
 
 
 def _map_floats(value):

@@ -187,7 +187,7 @@ class MetricWriter:
     logging.info('Hyper-parameters: %s', json.dumps(values, sort_keys=True))
     with self._lock:
       self._check_open()
-      _write_text_atomic(self._workdir / HPARAMS_FILENAME, json.dumps(values, indent=2, sort_keys=True) + '\n')
+      write_text_atomic(self._workdir / HPARAMS_FILENAME, json.dumps(values, indent=2, sort_keys=True) + '\n')
       if self._tb is None:
         return
       from tensorboardX import summary  # pylint: disable=g-import-not-at-top
@@ -242,7 +242,8 @@ def _ends_without_newline(path: pathlib.Path) -> bool:
     return False
 
 
-def _write_text_atomic(path: pathlib.Path, text: str):
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes ``text`` to ``path`` through a temporary sibling and a rename: never a half-written file."""
   tmp = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.tmp')
   try:
     tmp.write_text(text, encoding='utf-8')
