@@ -206,3 +206,25 @@ def test_eval_videos_rejects_sources_not_in_video_order():
   gap = dict(chunks[1], frame_index=CHUNK_FRAMES + 1)
   with pytest.raises(ValueError, match='frames 4..4 are in no earlier chunk'):
     list(pipeline.eval_videos([chunks[0], gap]))
+
+
+def test_clips_cross_chunk_boundaries_of_the_same_video():
+  """With num_video_frames, clips start anywhere in a chunk and continue into the next chunk (second read)."""
+  chunk, total, frames = 4, 10, 3
+  starts = [0, 4, 6]  # the last chunk ends on the last frame, overlapping the one before
+  source = []
+  for video in range(2):
+    for s in starts:
+      index = np.arange(s, s + chunk, dtype=np.uint8)[:, None, None, None] + 20 * video
+      source.append(dict(video=f'v{video}', frame_index=s, num_video_frames=total,
+                         ir_gt=np.broadcast_to(index, (chunk, *FRAME_SIZE, 1)).copy(),
+                         vi_gt=np.broadcast_to(index, (chunk, *FRAME_SIZE, 3)).copy()))
+  dataset = pipeline.train_dataset(source, batch_size=1, num_frames=frames, crop_size=CROP, seed=SEED)
+  first_frames = set()
+  for i in range(120):
+    clip = np.round(dataset[i]['ir_gt'][0, :, 0, 0, 0] * 255).astype(int)
+    video, first = divmod(int(clip[0]), 20)
+    np.testing.assert_array_equal(clip, 20 * video + first + np.arange(frames))  # consecutive frames
+    first_frames.add(first)
+  # Every start 0 .. total - frames occurs, including the ones that cross a chunk end (2, 3, 5).
+  assert first_frames == set(range(total - frames + 1))

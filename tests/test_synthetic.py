@@ -108,8 +108,9 @@ def test_source_examples():
                                           width=48, seed=5)
   assert len(source) == 3 * 2
   example = source[3]
-  assert set(example) == {'video', 'frame_index', 'ir_gt', 'vi_gt'}
+  assert set(example) == {'video', 'frame_index', 'num_video_frames', 'ir_gt', 'vi_gt'}
   assert example['video'] == 'synthetic_00001' and example['frame_index'] == 4
+  assert example['num_video_frames'] == 8  # the frames its 2 whole chunks cover (10 // 4 * 4)
   assert example['ir_gt'].shape == (4, 32, 48, 1) and example['ir_gt'].dtype == np.uint8
   assert example['vi_gt'].shape == (4, 32, 48, 3) and example['vi_gt'].dtype == np.uint8
   # Random access is deterministic, survives pickling, and chunks are consecutive frames of one video.

@@ -8,6 +8,9 @@ frames of one video, the layout of the M3SVD TFDS records and of ``synthetic.Syn
   ir_gt        uint8 (F,H,W,1)  clean infrared
   vi_gt        uint8 (F,H,W,3)  clean visible
   ir_lq, vi_lq uint8, optional  the dataset's own degraded frames (absent, or with 0 frames, if not released)
+  num_video_frames int, optional  frames in the whole video; with it, a training clip may start anywhere in a
+                                chunk and run on into the next chunk of the same video (record index + 1, as
+                                the builder writes videos in frame order), i.e. one or two reads per clip
 
 The training pipeline yields the batch contract of the train step: a dict ``ir_lq``, ``vi_lq``, ``ir_gt``,
 ``vi_gt`` of float32 in [0, 1], shaped (B, T, H, W, 1) for infrared and (B, T, H, W, 3) for visible, where B is
@@ -15,6 +18,7 @@ this process's share of the global batch.
 """
 
 import dataclasses
+import functools
 import os
 import pathlib
 from typing import Any, Iterator, Mapping, Sequence
@@ -26,6 +30,47 @@ from vfusion_jax.data import degrade
 
 UINT8_MAX = 255.0
 DEGRADATION_MODES = ('synthetic', 'dataset')
+
+
+FRAME_KEYS = ('ir_gt', 'vi_gt', 'ir_lq', 'vi_lq')
+FOLLOWING_KEY = '_read_following'
+
+
+def _video_name(value: Any) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_following(source: Any, index: int, video: str, end: int) -> dict:
+  """The frames from ``end`` on of record ``index``, which must be the next chunk of ``video``."""
+  following = source[index]
+  start = int(following['frame_index'])
+  if _video_name(following['video']) != video or not start <= end < start + np.asarray(following['vi_gt']).shape[0]:
+    raise ValueError(f'record {index} is not the chunk of video {video!r} that continues at frame {end}: the '
+                     'records must hold each video\'s chunks consecutively, in frame order')
+  return {key: np.asarray(following[key])[end - start:] for key in FRAME_KEYS if _has_frames(following, key)}
+
+
+class ClipSource:
+  """A chunk source whose examples can also read the chunk after them (same video), when it exists.
+
+  ``len`` and indices are the wrapped source's. Example i gets a ``_read_following`` callable if its video
+  goes on after it; the clip sampler calls it only when the clip it draws crosses the chunk's end.
+  """
+
+  def __init__(self, source: Any):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    example = dict(self._source[index])
+    total = example.get('num_video_frames')
+    end = int(example['frame_index']) + np.asarray(example['vi_gt']).shape[0]
+    if total is not None and end < int(total) and index + 1 < len(self._source):
+      example[FOLLOWING_KEY] = functools.partial(_read_following, self._source, index + 1,
+                                                 _video_name(example['video']), end)
+    return example
 
 
 def _has_frames(example: Mapping[str, Any], key: str) -> bool:
@@ -60,25 +105,34 @@ class ClipSampler(grain.transforms.RandomMap):
       raise ValueError(f'degradation must be one of {DEGRADATION_MODES}, got {self.degradation!r}')
 
   def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict:
-    ir, vi = np.asarray(element['ir_gt']), np.asarray(element['vi_gt'])
-    frames, height, width = vi.shape[:3]
-    if frames < self.num_frames:
+    frames, height, width = np.asarray(element['vi_gt']).shape[:3]
+    read_following = element.get(FOLLOWING_KEY)
+    if read_following is None:  # the clip must lie inside this chunk
+      last_start = frames - self.num_frames
+    else:  # the clip starts in this chunk and may run on into the next one
+      last_start = min(frames - 1, int(element['num_video_frames']) - int(element['frame_index']) - self.num_frames)
+    if last_start < 0:
       raise ValueError(f'chunk of video {element.get("video")!r} has {frames} frames; clips need '
                        f'{self.num_frames} (rebuild the dataset with longer chunks)')
     crop = self.crop_size or min(height, width)
     if crop > min(height, width):
       raise ValueError(f'crop_size {crop} exceeds the frames ({height}x{width})')
-    start = int(rng.integers(0, frames - self.num_frames + 1))
+    start = int(rng.integers(0, last_start + 1))
     top = int(rng.integers(0, height - crop + 1))
     left = int(rng.integers(0, width - crop + 1))
-    window = (slice(start, start + self.num_frames), slice(top, top + crop), slice(left, left + crop))
-    clip = {'ir_gt': ir[window], 'vi_gt': vi[window]}
+    keys = ['ir_gt', 'vi_gt']
     if self.degradation == 'dataset':
       for key in ('ir_lq', 'vi_lq'):
         if not _has_frames(element, key):
           raise ValueError(f'degradation="dataset" but video {element.get("video")!r} has no {key} frames; '
                            'use degradation="synthetic"')
-        clip[key] = np.asarray(element[key])[window]
+      keys += ['ir_lq', 'vi_lq']
+    streams = {key: np.asarray(element[key]) for key in keys}
+    if start + self.num_frames > frames:  # second read: the next chunk of the same video
+      following = read_following()
+      streams = {key: np.concatenate([value, following[key]]) for key, value in streams.items()}
+    window = (slice(start, start + self.num_frames), slice(top, top + crop), slice(left, left + crop))
+    clip = {key: value[window] for key, value in streams.items()}
     clip = {k: v.astype(np.float32) / UINT8_MAX for k, v in clip.items()}
     if self.degradation == 'synthetic':
       clip['ir_lq'], clip['vi_lq'] = degrade.degrade_clip(clip['ir_gt'], clip['vi_gt'], rng,
@@ -121,7 +175,7 @@ def train_dataset(source: Any, *, batch_size: int, num_frames: int, crop_size: i
     raise ValueError('the training source has no examples')
   sampler = ClipSampler(num_frames, crop_size, degradation, degradation_config or degrade.DegradationConfig(),
                         flips, rot90, temporal_reverse)
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  ds = grain.MapDataset.source(ClipSource(source)).seed(seed).shuffle().repeat(None)
   ds = ds.random_map(sampler)
   if process_count > 1:
     ds = ds[process_index::process_count]

@@ -348,7 +348,7 @@ class SyntheticVideoSource:
 
   Video v (seeded by (seed, v)) has `frames_per_video` frames cut into consecutive chunks of
   `frames_per_example`; example i is chunk i % chunks of video i // chunks, as a dict:
-    video (str), frame_index (int, the chunk's first frame in its video),
+    video (str), frame_index (int, the chunk's first frame in its video), num_video_frames (int),
     ir_gt uint8 (F, H, W, 1), vi_gt uint8 (F, H, W, 3).
   Examples are rendered on demand and are identical whenever and wherever they are read.
   """
@@ -387,8 +387,9 @@ class SyntheticVideoSource:
     pair = synthetic_video_pair(np.random.SeedSequence([self.seed, video]), self.frames_per_video, self.height,
                                 self.width, night_probability=self.night_probability,
                                 frames=range(start, start + self.frames_per_example))
-    return dict(video=self.video_name(video), frame_index=start, ir_gt=to_uint8(pair['ir_gt']),
-                vi_gt=to_uint8(pair['vi_gt']))
+    return dict(video=self.video_name(video), frame_index=start,
+                num_video_frames=self.examples_per_video * self.frames_per_example,
+                ir_gt=to_uint8(pair['ir_gt']), vi_gt=to_uint8(pair['vi_gt']))
 
   def __repr__(self) -> str:
     return (f'SyntheticVideoSource(num_videos={self.num_videos}, frames_per_video={self.frames_per_video}, '
