@@ -77,13 +77,9 @@ def _to_flax_layout(name: str, value: np.ndarray) -> np.ndarray:
 def expected_param_shapes(model_config: Mapping[str, Any]) -> dict:
   """The Flax param tree of ``VideoFusion(**model_config)`` as {path tuple: shape}, without running it."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from vfusion_jax.models import VideoFusion  # pylint: disable=g-import-not-at-top
+  from vfusion_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
-  model = VideoFusion(**dict(model_config))
-  dummy = jax.ShapeDtypeStruct((1, 2, 4, 4, model.in_channels), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), dummy, dummy)
-  leaves = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
+  leaves = jax.tree_util.tree_flatten_with_path(checkpoint.abstract_params(model_config))[0]
   return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in leaves}
 
 

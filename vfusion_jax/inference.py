@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vfusion_jax.models import VideoFusion, validate_inputs
-from vfusion_jax.models.network import SPATIAL_MULTIPLE
+from vfusion_jax.models.network import SPATIAL_MULTIPLE, check_value_range
 from vfusion_jax.windows import crop, pad_to_multiple
 
 
@@ -55,10 +55,8 @@ def fuse(params: Any, config: Any, ir: Any, vi: Any) -> dict:
   validate_inputs(jax.ShapeDtypeStruct(ir.shape[:2] + (probe_h, probe_w) + ir.shape[4:], ir.dtype),
                   jax.ShapeDtypeStruct(vi.shape[:2] + (probe_h, probe_w) + vi.shape[4:], vi.dtype),
                   model_config.get('in_channels', 3))
-  for name, x in (('ir', ir), ('vi', vi)):
-    lo, hi = float(x.min()), float(x.max())
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
-      raise ValueError(f'{name} values must lie in [0, 1]; got range [{lo:g}, {hi:g}]')
+  check_value_range('ir', ir)
+  check_value_range('vi', vi)
   ir_p, (h, w) = pad_to_multiple(ir.astype(np.float32))
   vi_p, _ = pad_to_multiple(vi.astype(np.float32))
   apply = _jitted_apply(json.dumps(model_config, sort_keys=True))

@@ -50,11 +50,15 @@ def validate_inputs(ir: Any, vi: Any, in_channels: int = 3) -> None:
     raise ValueError(f'H and W must be multiples of {SPATIAL_MULTIPLE}; got H={h}, W={w} '
                      '(use vfusion_jax.fuse, which pads and crops back)')
   for name, x in (('ir', ir), ('vi', vi)):
-    if not isinstance(x, (np.ndarray, jax.Array)) or isinstance(x, jax.core.Tracer):
-      continue  # shapes only, or traced values: the range cannot be checked here
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
-      raise ValueError(f'{name} values must lie in [0, 1]; got range [{lo:g}, {hi:g}]')
+    if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer):
+      check_value_range(name, x)  # shapes only, or traced values: the range cannot be checked
+
+
+def check_value_range(name: str, x: Any) -> None:
+  """Raises ValueError naming ``name`` unless every value of the concrete array ``x`` is finite and in [0, 1]."""
+  lo, hi = float(np.min(x)), float(np.max(x))
+  if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
+    raise ValueError(f'{name} values must lie in [0, 1]; got range [{lo:g}, {hi:g}]')
 
 
 class VideoFusion(nn.Module):
