@@ -13,8 +13,12 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from vfusion_jax import evaluate
-from vfusion_jax import windows
+from vfusion_jax import runtime
+
+runtime.setup_process(tuned_allocator=False)  # XLA flags, compilation cache: before JAX starts
+
+from vfusion_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vfusion_jax import windows  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config; the checkpoint must match its '
                                           'model section', lock_config=True)

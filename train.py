@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from vfusion_jax import runtime
 
-runtime.configure_xla_flags()  # before JAX starts a backend
+runtime.setup_process()  # tuned allocator (re-executes once), XLA flags, compilation cache: before JAX starts
 
 from vfusion_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 

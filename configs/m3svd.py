@@ -2,8 +2,10 @@ r"""VideoFusion on M3SVD: the released network and training recipe.
 
   python train.py --config=configs/m3svd.py --workdir=/tmp/vfusion
   python train.py --config=configs/m3svd.py:tiny --workdir=/tmp/vfusion_tiny   # the small CI variant
+  bash scripts/cpu_study.sh                                                        # the cpu_study variant
 
-Variants (the text after ':'): '' (released), 'tiny' (the small network of the tiny parity fixture, small clips).
+Variants (the text after ':'): '' (released), 'tiny' (the small network of the tiny parity fixture, small clips),
+'cpu_study' (a ~25-minute CPU training run on the real frames of ../shared/data/m3svd_sample: docs/cpu_study.md).
 Every value here is from REFERENCE.md (sections 1.1 and 7) unless marked otherwise.
 """
 
@@ -11,8 +13,9 @@ import ml_collections
 
 from vfusion_jax import losses
 from vfusion_jax import optim
+from vfusion_jax import sharding
 
-VARIANTS = ('', 'tiny')
+VARIANTS = ('', 'tiny', 'cpu_study')
 
 
 def released_model() -> ml_collections.ConfigDict:
@@ -88,6 +91,14 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
 
   # Parallelism: a mesh over batch ('data') and time ('time'); -1 takes the remaining devices.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, time=1))
+  # One rules table maps the model's logical axis names (activations: batch, time, height, width, channels;
+  # parameters by rank: param_channels, kernel_*, conv_in, conv_out) to mesh axes or None (vfusion_jax/sharding.py).
+  # sharding.FSDP_LOGICAL_AXIS_RULES maps conv_out to 'data': kernels and their Adam moments split over the batch
+  # devices; parameters under fsdp_min_size elements stay replicated.
+  config.sharding = ml_collections.ConfigDict(dict(
+      logical_axis_rules=sharding.DEFAULT_LOGICAL_AXIS_RULES,
+      fsdp_min_size=sharding.DEFAULT_FSDP_MIN_SIZE,
+  ))
   # Multi-host: 'auto' initialises jax.distributed on a Cloud TPU VM (detected from its environment) and
   # otherwise runs single-process; True needs the three fields below (or the cluster's environment).
   config.distributed = ml_collections.ConfigDict(dict(
@@ -107,4 +118,35 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     config.log_every_steps = 1
     config.preview_every_steps = 0
     config.data.num_workers = 0
+  elif variant == 'cpu_study':
+    _apply_cpu_study(config)
   return config
+
+
+def _apply_cpu_study(config: ml_collections.ConfigDict) -> None:
+  """The CPU-budget study of docs/cpu_study.md: the tiny network on real M3SVD frames, ~25 min on 2 cores.
+
+  Records: ``scripts/cpu_study.sh`` builds ``m3svd/cpu_study`` from ../shared/data/m3svd_sample with 0111_1716
+  held out ('test') and 0114_1609, 0115_1834 in 'train'. Width: the tiny network (F = 16, one block per scale,
+  1.56 M parameters) costs ~1/6 of the released one per pixel, so 2 cores run 2,000 steps of B = 2, T = 4,
+  48 x 48 (~0.6 s each with the tuned allocator) in the budget; the released width would get ~300. Crops of
+  48 pixels still hold long stripe segments and the whole blur kernel of the degradation (15 px) with context
+  on both sides. (A 1,500-step run restored IR well but left visible PSNR at the input's: docs/cpu_study.md.)
+  """
+  config.model = tiny_model()
+  config.data.name = 'm3svd/cpu_study'
+  config.data.num_workers = 0  # the step, not the input, is the bottleneck on 2 cores
+  config.batch_size = 2
+  config.num_frames = 4
+  config.crop_size = 48
+  config.total_steps = 2000
+  config.checkpoint_every_steps = 500
+  config.log_every_steps = 10
+  config.preview_every_steps = 500
+  # A short run from scratch: a short warm-up, then one cosine to a low floor; the released clip (0.01)
+  # and peak (1e-4) are tuned for 117k steps and would leave this run barely moved.
+  config.optim.learning_rate = 1e-3
+  config.optim.warmup_steps = 50
+  config.optim.cosine_period = config.get_ref('total_steps')
+  config.optim.end_learning_rate = 1e-5
+  config.optim.grad_clip_norm = 1.0

@@ -1,9 +1,8 @@
-"""Runs the same 3 train steps on several ('data', 'time') meshes of 8 CPU devices; prints a JSON report.
+"""Runs the same 3 train steps on several ('data', 'time') meshes of 8 CPU devices; saves losses and params.
 
 Executed in a subprocess by tests/test_sharding.py, because the device count must be set before JAX starts.
 """
 
-import json
 import os
 import sys
 
@@ -19,6 +18,9 @@ from vfusion_jax import optim, sharding, train_lib  # pylint: disable=g-import-n
 
 STEPS = 3
 MESHES = ((1, 1), (8, 1), (4, 2), (2, 4), (1, 8))
+# FSDP on the (8, 1) mesh: kernels of >= FSDP_MIN_SIZE elements split over 'data' (the tiny net has 18 such).
+FSDP_MESH = (8, 1)
+FSDP_MIN_SIZE = 2 ** 12
 
 
 def batches(config, count, seed=0):
@@ -34,27 +36,35 @@ def batches(config, count, seed=0):
   return out
 
 
-def run(config, mesh_shape, data):
+def run(config, mesh_shape, data, rules=sharding.DEFAULT_LOGICAL_AXIS_RULES,
+        fsdp_min_size=sharding.DEFAULT_FSDP_MIN_SIZE):
+  """3 train steps on the mesh, set up as train_lib does; (losses, params, number of sharded param leaves)."""
   mesh = sharding.make_mesh({'data': mesh_shape[0], 'time': mesh_shape[1]}, jax.devices()[:np.prod(mesh_shape)])
   model = train_lib.create_model(config)
   tx = optim.make_optimizer(config)
   step_fn = train_lib.make_train_step(model, tx, config.loss, optim.make_schedule(config))
   repl = sharding.replicated(mesh)
   abstract = jax.eval_shape(lambda r: train_lib.init_state(model, tx, r, config), jax.random.key(0))
-  state_sharding = jax.tree.map(lambda _: repl, abstract)
+  state_sharding = sharding.state_shardings(abstract, mesh, rules, fsdp_min_size)
   state = jax.jit(lambda r: train_lib.init_state(model, tx, r, config), out_shardings=state_sharding)(
       jax.random.key(0))
-  jitted = jax.jit(step_fn, in_shardings=(state_sharding, sharding.clip_sharding(mesh), repl),
+  jitted = jax.jit(step_fn, in_shardings=(state_sharding, sharding.clip_sharding(mesh, rules), repl),
                    out_shardings=(state_sharding, repl))
   losses = []
+  compiled = None
   for i, batch in enumerate(data):
-    state, metrics = jitted(state, sharding.host_batch_to_global(batch, mesh), jax.random.key(i))
+    batch = sharding.host_batch_to_global(batch, mesh, rules)
+    if compiled is None:
+      with sharding.activation_rules(mesh, rules):
+        compiled = jitted.lower(state, batch, jax.random.key(0)).compile()
+    state, metrics = compiled(state, batch, jax.random.key(i))
     losses.append(float(metrics['loss']))
-  return losses, jax.device_get(state.params)
+  sharded = sum(any(a is not None for a in leaf.sharding.spec) for leaf in jax.tree.leaves(state.params))
+  return losses, jax.device_get(state.params), sharded
 
 
 def forward_check(config):
-  """Eval forward on T=16 with time sharded 8 ways vs one device."""
+  """Eval forward on T=16 with time sharded 8 ways, and on one device: {'sharded/<key>', 'single/<key>'}."""
   model = train_lib.create_model(config)
   rng = np.random.default_rng(1)
   ir = rng.uniform(size=(1, 16, 16, 16, 1)).astype(np.float32)
@@ -64,43 +74,57 @@ def forward_check(config):
   mesh = sharding.make_mesh({'data': 1, 'time': 8})
   spec = sharding.clip_sharding(mesh)
   fn = jax.jit(model.apply, in_shardings=(sharding.replicated(mesh), spec, spec), out_shardings=spec)
-  sharded = fn({'params': params}, jax.device_put(ir, spec), jax.device_put(vi, spec))
-  return {k: float(np.abs(np.asarray(sharded[k]) - np.asarray(single[k])).max()) for k in single}
+  with sharding.activation_rules(mesh):
+    sharded = fn({'params': params}, jax.device_put(ir, spec), jax.device_put(vi, spec))
+  out = {f'single/{k}': np.asarray(v) for k, v in single.items()}
+  out.update({f'sharded/{k}': np.asarray(v) for k, v in sharded.items()})
+  return out
 
 
-def _global_rel(a, b):
-  """||a - b|| / ||b|| over a whole pytree."""
-  num = sum(float(np.sum((np.asarray(x, np.float64) - y) ** 2)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  den = sum(float(np.sum(np.asarray(y, np.float64) ** 2)) for y in jax.tree.leaves(b))
-  return (num / den) ** 0.5
-
-
-def main():
-  # Compile time dominates this test; the partitioner (what is tested) runs either way.
-  jax.config.update('jax_disable_most_optimizations', True)
+def equivalence_config():
   config = m3svd.get_config('tiny')
   # A constant lr of 1e-4 makes 3 steps move the params measurably (the released warm-up starts at 2e-8).
   config.optim.schedule = 'constant'
   config.batch_size = 8
   config.num_frames = 8
   config.crop_size = 16
+  return config
+
+
+def cases():
+  """Case name -> (mesh shape, rules, FSDP minimum size). '1x1' is the reference."""
+  out = {f'{d}x{t}': ((d, t), sharding.DEFAULT_LOGICAL_AXIS_RULES, sharding.DEFAULT_FSDP_MIN_SIZE)
+         for d, t in MESHES}
+  out[f'{FSDP_MESH[0]}x{FSDP_MESH[1]}_fsdp'] = (FSDP_MESH, sharding.FSDP_LOGICAL_AXIS_RULES, FSDP_MIN_SIZE)
+  return out
+
+
+def main(argv):
+  """Usage: sharding_equivalence.py OUTPUT.npz CASE[,CASE...]; CASE is a mesh case of `cases()`, 'initial'
+  (the parameters before training) or 'forward' (the time-sharded forward check)."""
+  output, names = argv[1], argv[2].split(',')
+  # Compile time dominates this test; the partitioner (what is tested) runs either way.
+  jax.config.update('jax_disable_most_optimizations', True)
+  config = equivalence_config()
   data = batches(config, STEPS)
-  reference_losses, reference_params = run(config, MESHES[0], data)
-  initial = jax.device_get(train_lib.init_state(train_lib.create_model(config), optim.make_optimizer(config),
-                                                jax.random.key(0), config).params)
-  reference_update = jax.tree.map(lambda p, q: np.asarray(p, np.float64) - q, reference_params, initial)
-  report = {'reference_losses': reference_losses, 'meshes': {}}
-  for mesh_shape in MESHES[1:]:
-    losses, params = run(config, mesh_shape, data)
-    rel_loss = max(abs(a - b) / abs(b) for a, b in zip(losses, reference_losses))
-    update = jax.tree.map(lambda p, q: np.asarray(p, np.float64) - q, params, initial)
-    report['meshes'][f'{mesh_shape[0]}x{mesh_shape[1]}'] = {
-        'losses': losses, 'max_rel_loss_diff': rel_loss,
-        'rel_param_diff': _global_rel(params, reference_params),
-        'rel_update_diff': _global_rel(update, reference_update)}
-  report['forward_time_sharded_max_abs_diff'] = forward_check(config)
-  print('REPORT ' + json.dumps(report))
+  arrays = {}
+  for name in names:
+    if name == 'forward':
+      arrays.update({f'forward/{k}': v for k, v in forward_check(config).items()})
+    elif name == 'initial':
+      params = train_lib.init_state(train_lib.create_model(config), optim.make_optimizer(config),
+                                    jax.random.key(0), config).params
+      arrays.update({f'initial/{jax.tree_util.keystr(p)}': np.asarray(v)
+                     for p, v in jax.tree_util.tree_flatten_with_path(params)[0]})
+    else:
+      mesh_shape, rules, min_size = cases()[name]
+      losses, params, sharded = run(config, mesh_shape, data, rules, min_size)
+      arrays[f'{name}/losses'] = np.asarray(losses)
+      arrays[f'{name}/sharded_param_leaves'] = np.asarray(sharded)
+      arrays.update({f'{name}/params/{jax.tree_util.keystr(p)}': np.asarray(v)
+                     for p, v in jax.tree_util.tree_flatten_with_path(params)[0]})
+  np.savez(output, **arrays)
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv)

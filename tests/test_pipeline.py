@@ -153,6 +153,29 @@ def test_training_pipeline_reads_the_tfds_records(records):
   assert any(np.array_equal(window, clip) for window in windows)
 
 
+def test_training_source_of_the_config_crosses_chunks_without_decoding_the_lq_frames(records):
+  """train_lib's TFDS source skips decoding the LQ frames (synthetic degradation); the second read must not
+  touch them (they arrive as undecoded bytes)."""
+  from configs import m3svd  # pylint: disable=g-import-not-at-top
+  from vfusion_jax import train_lib  # pylint: disable=g-import-not-at-top
+  data_dir, name, videos = records
+  config = m3svd.get_config('tiny')
+  config.data.name, config.data.data_dir = name, str(data_dir)
+  source = train_lib.make_train_source(config)
+  assert np.asarray(source[0]['ir_lq']).ndim == 0  # really undecoded
+  dataset = _dataset(source, batch_size=1)
+  starts = set()
+  for i in range(40):
+    clip = np.rint(dataset[i]['ir_gt'][0] * 255).astype(np.uint8)
+    matches = [(key, s) for key, frames in videos.items() for s in range(len(frames['ir_gt']) - NUM_FRAMES + 1)
+               for top in range(frames['ir_gt'].shape[1] - CROP + 1)
+               for left in range(frames['ir_gt'].shape[2] - CROP + 1)
+               if np.array_equal(frames['ir_gt'][s:s + NUM_FRAMES, top:top + CROP, left:left + CROP], clip)]
+    assert matches, 'every clip is NUM_FRAMES consecutive frames of one video'
+    starts.update(s for _, s in matches)
+  assert any(s % CHUNK_FRAMES + NUM_FRAMES > CHUNK_FRAMES for s in starts)  # some clips crossed a chunk end
+
+
 def _assert_video(item, name, frames, streams, count=None):
   count = count or len(frames['ir_gt'])
   assert item['video'] == name and item['frame_names'] == [f'{i:04d}.png' for i in range(count)]

@@ -500,6 +500,8 @@ def main(argv):
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
+  from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
 
+  runtime.setup_process(tuned_allocator=False)
   _define_flags()
   app.run(main)

@@ -191,6 +191,13 @@ def _batch_digest(batch: dict) -> str:
   return digest.hexdigest()[:16]
 
 
+def sharding_rules(config: ml_collections.ConfigDict) -> tuple:
+  """(logical axis rules, FSDP minimum size) of ``config.sharding`` (defaults for configs without it)."""
+  section = config.get('sharding') or {}
+  rules = tuple(tuple(rule) for rule in section.get('logical_axis_rules', sharding.DEFAULT_LOGICAL_AXIS_RULES))
+  return rules, int(section.get('fsdp_min_size', sharding.DEFAULT_FSDP_MIN_SIZE))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains ``config`` in ``workdir``, resuming from the latest checkpoint there if any."""
   workdir = os.path.abspath(workdir)
@@ -199,7 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_fits(mesh, config.batch_size, config.num_frames)
-  data_sharding = sharding.clip_sharding(mesh)
+  rules, fsdp_min_size = sharding_rules(config)
+  data_sharding = sharding.clip_sharding(mesh, rules)
   repl = sharding.replicated(mesh)
 
   model = create_model(config)
@@ -210,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   abstract_state = jax.eval_shape(lambda r: init_state(model, tx, r, config), init_rng)
-  state_sharding = jax.tree.map(lambda _: repl, abstract_state)
+  state_sharding = sharding.state_shardings(abstract_state, mesh, rules, fsdp_min_size)
 
   iterator = make_train_iterator(config)
   manager = checkpoint.training_manager(workdir, max_to_keep=config.get('keep_checkpoints', 3))
@@ -255,9 +263,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if digests_path and is_main:
         with open(digests_path, 'a') as f:
           f.write(json.dumps({'step': step + 1, 'digest': _batch_digest(host_batch)}) + '\n')
-      batch = sharding.host_batch_to_global(host_batch, mesh)
+      batch = sharding.host_batch_to_global(host_batch, mesh, rules)
       if compiled_step is None:  # compile once, up front, and report what the step needs
-        compiled_step = jitted_step.lower(state, batch, step_rng).compile()
+        with sharding.activation_rules(mesh, rules):
+          compiled_step = jitted_step.lower(state, batch, step_rng).compile()
         _log_compiled(compiled_step)
       state, metrics = compiled_step(state, batch, jax.random.fold_in(step_rng, step))
       if not bool(metrics['finite']):

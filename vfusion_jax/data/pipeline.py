@@ -32,7 +32,6 @@ UINT8_MAX = 255.0
 DEGRADATION_MODES = ('synthetic', 'dataset')
 
 
-FRAME_KEYS = ('ir_gt', 'vi_gt', 'ir_lq', 'vi_lq')
 FOLLOWING_KEY = '_read_following'
 
 
@@ -40,14 +39,18 @@ def _video_name(value: Any) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _read_following(source: Any, index: int, video: str, end: int) -> dict:
-  """The frames from ``end`` on of record ``index``, which must be the next chunk of ``video``."""
+def _read_following(source: Any, index: int, video: str, end: int, keys: Sequence[str]) -> dict:
+  """The ``keys`` frames from ``end`` on of record ``index``, which must be the next chunk of ``video``.
+
+  Only ``keys`` are touched: the others may be undecoded (TFDS ``SkipDecoding`` leaves the LQ frames as bytes
+  when the degradation is synthetic).
+  """
   following = source[index]
   start = int(following['frame_index'])
   if _video_name(following['video']) != video or not start <= end < start + np.asarray(following['vi_gt']).shape[0]:
     raise ValueError(f'record {index} is not the chunk of video {video!r} that continues at frame {end}: the '
                      'records must hold each video\'s chunks consecutively, in frame order')
-  return {key: np.asarray(following[key])[end - start:] for key in FRAME_KEYS if _has_frames(following, key)}
+  return {key: np.asarray(following[key])[end - start:] for key in keys}
 
 
 class ClipSource:
@@ -129,7 +132,7 @@ class ClipSampler(grain.transforms.RandomMap):
       keys += ['ir_lq', 'vi_lq']
     streams = {key: np.asarray(element[key]) for key in keys}
     if start + self.num_frames > frames:  # second read: the next chunk of the same video
-      following = read_following()
+      following = read_following(keys)
       streams = {key: np.concatenate([value, following[key]]) for key, value in streams.items()}
     window = (slice(start, start + self.num_frames), slice(top, top + crop), slice(left, left + crop))
     clip = {key: value[window] for key, value in streams.items()}

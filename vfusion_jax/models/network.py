@@ -13,6 +13,7 @@ import numpy as np
 from flax import linen as nn
 
 from vfusion_jax.models import blocks
+from vfusion_jax.sharding import constrain
 
 Array = jax.Array
 
@@ -109,8 +110,8 @@ class VideoFusion(nn.Module):
     for scale in range(NUM_SCALES):
       s = scale + 1
       kw = self._block_kwargs(scale)
-      f_ir = conv3d(widths[scale], dtype, name=f'conv3d_ir_{s}')(f_ir)
-      f_vi = conv3d(widths[scale], dtype, name=f'conv3d_vi_{s}')(f_vi)
+      f_ir = constrain(conv3d(widths[scale], dtype, name=f'conv3d_ir_{s}')(f_ir))
+      f_vi = constrain(conv3d(widths[scale], dtype, name=f'conv3d_vi_{s}')(f_vi))
       if scale > 0:  # scale 1 fuses the raw Conv3D features: no residual blocks, no CmDRM
         f_ir = res_blocks(RESIDUAL_BLOCKS_PER_SCALE, dtype, name=f'ir_conv_enhance_{s}')(f_ir)
         f_vi = res_blocks(RESIDUAL_BLOCKS_PER_SCALE, dtype, name=f'vi_conv_enhance_{s}')(f_vi)
@@ -119,9 +120,9 @@ class VideoFusion(nn.Module):
         e_vi = diff_enhance(**kw, name=f'cross_modal_enhance_vi_{s}')(f_vi, f_ir)
         f_ir = aggregation(dtype, name=f'CMA_ir_{s}')(e_ir, f_ir)
         f_vi = aggregation(dtype, name=f'CMA_vi_{s}')(e_vi, f_vi)
-      fused = fusion(**kw, name=f'fusion_{s}')(f_ir, f_vi)
+      fused = constrain(fusion(**kw, name=f'fusion_{s}')(f_ir, f_vi))
       if scale < NUM_SCALES - 1:
-        fused = stack(**kw, num_layers=self.num_blocks[scale], name=f'fusion_enhance_{s}')(fused)
+        fused = constrain(stack(**kw, num_layers=self.num_blocks[scale], name=f'fusion_enhance_{s}')(fused))
         skips.append(fused)
         f_ir = down(dtype, name=f'down_ir_{s}')(f_ir)
         f_vi = down(dtype, name=f'down_vi_{s}')(f_vi)
@@ -132,8 +133,8 @@ class VideoFusion(nn.Module):
         x = up(dtype, name=f'up{scale + 1}')(x) + skips[scale]
       else:
         x = fused
-      x = co_attention(**self._block_kwargs(scale), num_layers=self.num_blocks[scale],
-                       name=f'co_attention_{scale + 1}')(x)
+      x = constrain(co_attention(**self._block_kwargs(scale), num_layers=self.num_blocks[scale],
+                                 name=f'co_attention_{scale + 1}')(x))
 
     g_ir, g_vi = blocks.VideoDecomposition(dtype, name='decomposition')(x)
     decoder_kwargs = dict(out_channels=self.out_channels, num_blocks=self.num_decoder_blocks,
@@ -144,4 +145,4 @@ class VideoFusion(nn.Module):
         'ir': decoder(**decoder_kwargs, name='decoder_ir')(g_ir),
         'vi': decoder(**decoder_kwargs, name='decoder_vi')(g_vi),
     }
-    return {k: ((jnp.tanh(v.astype(jnp.float32)) + 1.0) / 2.0) for k, v in raw.items()}
+    return {k: constrain((jnp.tanh(v.astype(jnp.float32)) + 1.0) / 2.0) for k, v in raw.items()}
