@@ -5,15 +5,15 @@
 #
 # Needs ../shared/data (m3svd_sample, m3svd_videos). Every stage resumes: the records are built once, training
 # continues from its last checkpoint, and a finished evaluation is kept. Environment: PYTHON (default python),
-# DATA (default ../shared/data), MAX_FRAMES (frames per m3svd_videos video, default 30), OUTPUT (report folder,
-# default docs/cpu_study). About 25 minutes of training and 15 of evaluation on an idle 2-core CPU.
+# DATA (default ../shared/data), MAX_FRAMES (frames per m3svd_videos video, default 12), OUTPUT (report folder,
+# default docs/cpu_study). About 30 minutes of training and 8 of evaluation on an idle 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORK=${1:-/tmp/vfusion_cpu_study}
 PYTHON=${PYTHON:-python}
 DATA=${DATA:-../shared/data}
-MAX_FRAMES=${MAX_FRAMES:-30}
+MAX_FRAMES=${MAX_FRAMES:-12}
 OUTPUT=${OUTPUT:-docs/cpu_study}
 HELD_OUT=0111_1716
 
