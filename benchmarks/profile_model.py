@@ -96,11 +96,6 @@ def group_of(op_name: str, kinds: dict) -> tuple:
   return 'other network ops', direction
 
 
-def _name_stack(eqn) -> str:
-  stack = str(eqn.source_info.name_stack)
-  return stack
-
-
 def _sub_jaxprs(eqn):
   for value in eqn.params.values():
     for item in value if isinstance(value, (list, tuple)) else (value,):
@@ -134,7 +129,7 @@ def jaxpr_flops(closed_jaxpr, kinds: dict) -> dict:
 
   def walk(jaxpr, prefix):
     for eqn in jaxpr.eqns:
-      stack = '/'.join(s for s in (prefix, _name_stack(eqn)) if s)
+      stack = '/'.join(s for s in (prefix, str(eqn.source_info.name_stack)) if s)
       subs = list(_sub_jaxprs(eqn))
       if subs and eqn.primitive.name not in ('custom_vjp_call', 'custom_jvp_call'):
         for sub in subs:
@@ -212,18 +207,18 @@ def _build(args):
     params = jax.jit(model.init)(jax.random.key(0), ir[:, :2, :8, :8], vi[:, :2, :8, :8])['params']
     fn = jax.jit(model.apply)
     fn_args = ({'params': params}, ir, vi)
-    return fn, fn_args, params, None
+    return fn, fn_args, params
   tx = optim.make_optimizer(config)
   step_fn = train_lib.make_train_step(model, tx, config.loss, optim.make_schedule(config))
   state = jax.jit(lambda r: train_lib.init_state(model, tx, r, config))(jax.random.key(config.seed))
   batch = {'ir_lq': ir, 'vi_lq': vi, 'ir_gt': clip(1), 'vi_gt': clip(3)}
   fn = jax.jit(step_fn)  # not donated: the same state is fed again on every repeat
-  return fn, (state, batch, jax.random.key(1)), state.params, step_fn
+  return fn, (state, batch, jax.random.key(1)), state.params
 
 
 def profile(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  fn, fn_args, params, _ = _build(args)
+  fn, fn_args, params = _build(args)
   kinds = _kernel_kinds(params)
   start = time.perf_counter()
   compiled = fn.lower(*fn_args).compile()
