@@ -23,40 +23,29 @@ GIB = 2**30
 NUM_DEVICES = 8
 
 
-def measure(frames: int, shards: int, height: int, width: int, remat: bool, variant: str) -> dict:
+def measure(frames: int, shards: int, height: int, width: int, remat: bool, variant: str,
+            dtype: str = 'float32') -> dict:
   """Compiles the train step for one (T, n) and returns XLA's per-device memory analysis."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import m3svd  # pylint: disable=g-import-not-at-top
-  from vfusion_jax import optim, sharding, train_lib  # pylint: disable=g-import-not-at-top
+  from vfusion_jax import sharding, train_lib  # pylint: disable=g-import-not-at-top
 
   config = m3svd.get_config(variant)
   config.remat = remat
+  config.model.dtype = dtype
   config.batch_size, config.num_frames = 1, frames
   mesh = sharding.make_mesh({'data': 1, 'time': shards}, jax.devices()[:shards])
-  sharding.check_batch_fits(mesh, config.batch_size, config.num_frames)
-  rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
-  model = train_lib.create_model(config)
-  tx = optim.make_optimizer(config)
-  step_fn = train_lib.make_train_step(model, tx, config.loss, optim.make_schedule(config))
-  abstract_state = jax.eval_shape(lambda r: train_lib.init_state(model, tx, r, config), jax.random.key(0))
-  state_sharding = sharding.state_shardings(abstract_state, mesh, rules)
-  clip_sharding = sharding.clip_sharding(mesh, rules)
-  clip = lambda c: jax.ShapeDtypeStruct((1, frames, height, width, c), np.float32, sharding=clip_sharding)
-  batch = {'ir_lq': clip(1), 'vi_lq': clip(3), 'ir_gt': clip(1), 'vi_gt': clip(3)}
-  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
-                       state_sharding)
-  jitted = jax.jit(step_fn, in_shardings=(state_sharding, clip_sharding, sharding.replicated(mesh)),
-                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  setup = train_lib.ShardedTrainStep(config, mesh)
+  state, batch = setup.state_targets(), setup.batch_targets(height, width)
   start = time.perf_counter()
-  with sharding.activation_rules(mesh, rules):
-    compiled = jitted.lower(state, batch, jax.random.key(0)).compile()
+  compiled = setup.compile(state, batch, jax.random.key(0))
   compile_s = time.perf_counter() - start
   mem = compiled.memory_analysis()
   sizes = {k: int(getattr(mem, f'{k}_size_in_bytes', 0) or 0) for k in ('argument', 'output', 'temp', 'alias')}
   live = sizes['argument'] + sizes['output'] + sizes['temp'] - sizes['alias']
-  state_bytes = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
-  return dict(variant=variant, frames=frames, shards=shards, height=height, width=width, remat=remat,
+  state_bytes = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(setup.abstract_state))
+  return dict(variant=variant, frames=frames, shards=shards, height=height, width=width, remat=remat, dtype=dtype,
               compile_s=compile_s,
               live_gib=live / GIB, temp_gib=sizes['temp'] / GIB, state_gib=float(state_bytes) / GIB, bytes=sizes)
 
@@ -72,7 +61,7 @@ def _child(args) -> None:
     for shards in args.shards:
       if frames % shards:
         continue
-      result = measure(frames, shards, args.height, args.width, args.remat, args.variant)
+      result = measure(frames, shards, args.height, args.width, args.remat, args.variant, args.dtype)
       print(json.dumps(result), flush=True)
 
 
@@ -81,7 +70,7 @@ def markdown(results: list) -> str:
   frames = sorted({r['frames'] for r in results})
   by = {(r['frames'], r['shards']): r for r in results}
   first = results[0]
-  lines = [f"Train step, {first['variant'] or 'released'} network, B=1, {first['height']}x{first['width']}, remat={first['remat']}: "
+  lines = [f"Train step, {first['variant'] or 'released'} network, B=1, {first['height']}x{first['width']}, remat={first['remat']}, {first.get('dtype', 'float32')}: "
            'XLA live GiB per device (arguments + outputs + temporaries - donated; parameters and Adam state '
            f"{first['state_gib']:.2f} GiB of it) / temporaries GiB", '',
            '| T \\ n (time shards) | ' + ' | '.join(str(n) for n in shards) + ' | temporaries shrink, first to last n |',
@@ -103,6 +92,8 @@ def main():
   parser.add_argument('--width', type=int, default=128)
   parser.add_argument('--remat', action='store_true')
   parser.add_argument('--variant', default='')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help='computation dtype (config.model.dtype); parameters stay float32')
   parser.add_argument('--json')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()

@@ -38,25 +38,18 @@ def batches(config, count, seed=0):
 
 def run(config, mesh_shape, data, rules=sharding.DEFAULT_LOGICAL_AXIS_RULES,
         fsdp_min_size=sharding.DEFAULT_FSDP_MIN_SIZE):
-  """3 train steps on the mesh, set up as train_lib does; (losses, params, number of sharded param leaves)."""
+  """3 train steps on the mesh through train_lib's setup; (losses, params, number of sharded param leaves)."""
+  config = config.copy_and_resolve_references()
+  config.sharding = {'logical_axis_rules': rules, 'fsdp_min_size': fsdp_min_size}
   mesh = sharding.make_mesh({'data': mesh_shape[0], 'time': mesh_shape[1]}, jax.devices()[:np.prod(mesh_shape)])
-  model = train_lib.create_model(config)
-  tx = optim.make_optimizer(config)
-  step_fn = train_lib.make_train_step(model, tx, config.loss, optim.make_schedule(config))
-  repl = sharding.replicated(mesh)
-  abstract = jax.eval_shape(lambda r: train_lib.init_state(model, tx, r, config), jax.random.key(0))
-  state_sharding = sharding.state_shardings(abstract, mesh, rules, fsdp_min_size)
-  state = jax.jit(lambda r: train_lib.init_state(model, tx, r, config), out_shardings=state_sharding)(
-      jax.random.key(0))
-  jitted = jax.jit(step_fn, in_shardings=(state_sharding, sharding.clip_sharding(mesh, rules), repl),
-                   out_shardings=(state_sharding, repl))
+  setup = train_lib.ShardedTrainStep(config, mesh)
+  state = setup.init_state(jax.random.key(0))
   losses = []
   compiled = None
   for i, batch in enumerate(data):
-    batch = sharding.host_batch_to_global(batch, mesh, rules)
+    batch = setup.global_batch(batch)
     if compiled is None:
-      with sharding.activation_rules(mesh, rules):
-        compiled = jitted.lower(state, batch, jax.random.key(0)).compile()
+      compiled = setup.compile(state, batch, jax.random.key(0))
     state, metrics = compiled(state, batch, jax.random.key(i))
     losses.append(float(metrics['loss']))
   sharded = sum(any(a is not None for a in leaf.sharding.spec) for leaf in jax.tree.leaves(state.params))

@@ -198,6 +198,57 @@ def sharding_rules(config: ml_collections.ConfigDict) -> tuple:
   return rules, int(section.get('fsdp_min_size', sharding.DEFAULT_FSDP_MIN_SIZE))
 
 
+class ShardedTrainStep:
+  """The train step of a config set up on a mesh: state/batch shardings, sharded init, jitted step.
+
+  The one place where the ('data', 'time') shardings of training are decided; ``train_and_evaluate``, the
+  sharding equivalence test and the memory benchmark all build their step here, so what is tested and measured
+  is what trains. ``donate`` donates the state argument (the loop never reads an old state again).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, donate: bool = True):
+    sharding.check_batch_fits(mesh, config.batch_size, config.num_frames)
+    self.config = config
+    self.mesh = mesh
+    self.rules, fsdp_min_size = sharding_rules(config)
+    self.model = create_model(config)
+    self.tx = optim.make_optimizer(config)
+    self.schedule = optim.make_schedule(config)
+    self.data_sharding = sharding.clip_sharding(mesh, self.rules)
+    self.replicated = sharding.replicated(mesh)
+    self._init = lambda rng: init_state(self.model, self.tx, rng, config)
+    self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
+    self.state_sharding = sharding.state_shardings(self.abstract_state, mesh, self.rules, fsdp_min_size)
+    self.step = jax.jit(make_train_step(self.model, self.tx, config.loss, self.schedule),
+                        in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
+                        out_shardings=(self.state_sharding, self.replicated),
+                        donate_argnums=0 if donate else ())
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    """Fresh state from ``rng``, created directly in its shardings (never whole on one device)."""
+    return jax.jit(self._init, out_shardings=self.state_sharding)(rng)
+
+  def state_targets(self) -> TrainState:
+    """ShapeDtypeStructs of the state with their shardings (restore targets, AOT lowering)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state,
+                        self.state_sharding)
+
+  def batch_targets(self, height: int, width: int) -> dict:
+    """ShapeDtypeStructs of a (B, T, height, width, C) training batch in its sharding."""
+    clip = lambda c: jax.ShapeDtypeStruct((self.config.batch_size, self.config.num_frames, height, width, c),
+                                          jnp.float32, sharding=self.data_sharding)
+    return {'ir_lq': clip(1), 'vi_lq': clip(3), 'ir_gt': clip(1), 'vi_gt': clip(3)}
+
+  def global_batch(self, host_batch: dict) -> dict:
+    """This process's numpy batch as global arrays in the data sharding."""
+    return sharding.host_batch_to_global(host_batch, self.mesh, self.rules)
+
+  def compile(self, state: Any, batch: dict, rng: jax.Array):
+    """Compiles the step for these (possibly abstract) arguments, with the activation constraints active."""
+    with sharding.activation_rules(self.mesh, self.rules):
+      return self.step.lower(state, batch, rng).compile()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains ``config`` in ``workdir``, resuming from the latest checkpoint there if any."""
   workdir = os.path.abspath(workdir)
@@ -205,34 +256,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   is_main = jax.process_index() == 0
 
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_fits(mesh, config.batch_size, config.num_frames)
-  rules, fsdp_min_size = sharding_rules(config)
-  data_sharding = sharding.clip_sharding(mesh, rules)
-  repl = sharding.replicated(mesh)
-
-  model = create_model(config)
-  schedule = optim.make_schedule(config)
-  tx = optim.make_optimizer(config)
-  train_step = make_train_step(model, tx, config.loss, schedule)
-
+  setup = ShardedTrainStep(config, mesh)
+  model = setup.model
+  repl = setup.replicated
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  abstract_state = jax.eval_shape(lambda r: init_state(model, tx, r, config), init_rng)
-  state_sharding = sharding.state_shardings(abstract_state, mesh, rules, fsdp_min_size)
 
   iterator = make_train_iterator(config)
   manager = checkpoint.training_manager(workdir, max_to_keep=config.get('keep_checkpoints', 3))
   latest = manager.latest_step()
   if latest is not None:
-    targets = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                           abstract_state, state_sharding)
+    targets = setup.state_targets()
     params, opt_state, meta = checkpoint.restore_training(manager, latest, targets.params, targets.opt_state,
                                                           iterator)
     state = TrainState(step=jax.device_put(jnp.asarray(meta['step'], jnp.int32), repl), params=params,
                        opt_state=opt_state)
     logging.info('Resumed from %s at step %d', manager.directory, meta['step'])
   else:
-    state = jax.jit(lambda r: init_state(model, tx, r, config), out_shardings=state_sharding)(init_rng)
+    state = setup.init_state(init_rng)
   start_step = int(state.step)
 
   writer = logging_utils.MetricWriter(workdir, enabled=is_main)
@@ -242,8 +283,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(state.params))
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
-  jitted_step = jax.jit(train_step, in_shardings=(state_sharding, data_sharding, repl),
-                        out_shardings=(state_sharding, repl), donate_argnums=0)
   predict = jax.jit(lambda p, ir, vi: model.apply({'params': p}, ir, vi))
   progress = logging_utils.ProgressLine(config.total_steps, batch_size=config.batch_size, start_step=start_step,
                                         print_fn=print if is_main else (lambda *_: None))
@@ -263,10 +302,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if digests_path and is_main:
         with open(digests_path, 'a') as f:
           f.write(json.dumps({'step': step + 1, 'digest': _batch_digest(host_batch)}) + '\n')
-      batch = sharding.host_batch_to_global(host_batch, mesh, rules)
+      batch = setup.global_batch(host_batch)
       if compiled_step is None:  # compile once, up front, and report what the step needs
-        with sharding.activation_rules(mesh, rules):
-          compiled_step = jitted_step.lower(state, batch, step_rng).compile()
+        compiled_step = setup.compile(state, batch, step_rng)
         _log_compiled(compiled_step)
       state, metrics = compiled_step(state, batch, jax.random.fold_in(step_rng, step))
       if not bool(metrics['finite']):
