@@ -203,10 +203,10 @@ class ShardedTrainStep:
 
   The one place where the ('data', 'time') shardings of training are decided; ``train_and_evaluate``, the
   sharding equivalence test and the memory benchmark all build their step here, so what is tested and measured
-  is what trains. ``donate`` donates the state argument (the loop never reads an old state again).
+  is what trains. The state argument is donated: callers replace their state with the step's output.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, donate: bool = True):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     sharding.check_batch_fits(mesh, config.batch_size, config.num_frames)
     self.config = config
     self.mesh = mesh
@@ -222,7 +222,7 @@ class ShardedTrainStep:
     self.step = jax.jit(make_train_step(self.model, self.tx, config.loss, self.schedule),
                         in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
                         out_shardings=(self.state_sharding, self.replicated),
-                        donate_argnums=0 if donate else ())
+                        donate_argnums=0)
 
   def init_state(self, rng: jax.Array) -> TrainState:
     """Fresh state from ``rng``, created directly in its shardings (never whole on one device)."""
