@@ -4,6 +4,7 @@ Executed in a subprocess by tests/test_sharding.py, because the device count mus
 """
 
 import os
+import re
 import sys
 
 os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
@@ -67,9 +68,14 @@ def forward_check(config):
   mesh = sharding.make_mesh({'data': 1, 'time': 8})
   spec = sharding.clip_sharding(mesh)
   fn = jax.jit(model.apply, in_shardings=(sharding.replicated(mesh), spec, spec), out_shardings=spec)
+  args = ({'params': params}, jax.device_put(ir, spec), jax.device_put(vi, spec))
   with sharding.activation_rules(mesh):
-    sharded = fn({'params': params}, jax.device_put(ir, spec), jax.device_put(vi, spec))
+    compiled = fn.lower(*args).compile()
+  sharded = compiled(*args)
   out = {f'single/{k}': np.asarray(v) for k, v in single.items()}
+  # Temporal neighbours (Conv3D taps, BiCAM's previous/next frame) must travel as halo exchanges between
+  # neighbouring devices; an all-gather would mean some op collects whole clips on every device.
+  out['all_gathers'] = np.asarray(len(re.findall(r'\ball-gather(-start)?\(', compiled.as_text())))
   out.update({f'sharded/{k}': np.asarray(v) for k, v in sharded.items()})
   return out
 

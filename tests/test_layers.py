@@ -122,6 +122,52 @@ def test_conv3d_zero_pads_time():
   np.testing.assert_allclose(y[0, 0, 1, 1], value + params['params']['bias'], atol=1e-5)
 
 
+def _conv3d_numpy(x, kernel):
+  """Direct float64 3x3x3 cross-correlation, zero padding 1: x (T, H, W, Cin), kernel (3, 3, 3, Cin, Cout)."""
+  t, h, w, _ = x.shape
+  xp = np.pad(x.astype(np.float64), ((1, 1), (1, 1), (1, 1), (0, 0)))
+  y = np.zeros((t, h, w, kernel.shape[-1]))
+  for kt in range(3):
+    for dy in range(3):
+      for dx in range(3):
+        y += xp[kt:kt + t, dy:dy + h, dx:dx + w] @ kernel[kt, dy, dx].astype(np.float64)
+  return y
+
+
+@pytest.mark.parametrize('cin', [1, 3, layers.CONV3D_STACK_FRAMES_BELOW_CHANNELS])  # both formulations
+@pytest.mark.parametrize('frames', [1, 2, 5])
+def test_conv3d_matches_direct_sum(cin, frames):
+  """conv3d_3x3x3 (2-D convolutions over stacked or per-tap frames) equals the direct 27-tap sum."""
+  rng = np.random.default_rng(cin * 10 + frames)
+  x = rng.normal(size=(2, frames, 5, 6, cin)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, 3, cin, 4)).astype(np.float32)
+  y = np.asarray(jax.jit(layers.conv3d_3x3x3)(x, kernel))
+  for b in range(2):
+    # float32 sums of 27*Cin products of O(1) terms: rounding well under 1e-4.
+    np.testing.assert_allclose(y[b], _conv3d_numpy(x[b], kernel), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize('cin', [3, layers.CONV3D_STACK_FRAMES_BELOW_CHANNELS])
+def test_conv3d_gradients_match_xla_conv3d(cin):
+  """Input and kernel gradients of conv3d_3x3x3 equal those of XLA's own 3-D convolution."""
+  rng = np.random.default_rng(cin)
+  x = jnp.asarray(rng.normal(size=(1, 4, 6, 5, cin)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 3, cin, 3)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(1, 4, 6, 5, 3)), jnp.float32)
+
+  def xla_conv3d(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), ((1, 1),) * 3,
+                                        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+
+  def loss(conv):
+    return lambda x, kernel: jnp.sum(conv(x, kernel) * weights)
+
+  got = jax.grad(loss(layers.conv3d_3x3x3), argnums=(0, 1))(x, kernel)
+  want = jax.grad(loss(xla_conv3d), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-5)
+
+
 def test_bicam_boundary_rule():
   """prev/next of the release's per-frame loop: frame 0 is its own predecessor, frame T-1 its own successor."""
   x = np.arange(2 * 5).reshape(2, 5).astype(np.float32)[..., None]

@@ -21,34 +21,52 @@ Dtype = Any
 _L2_EPS = 1e-12
 
 
-def _split_heads(x: Array, heads: int) -> Array:
-  """(*batch, H, W, C) -> (*batch, H*W, heads, C/heads); heads are contiguous channel blocks."""
-  *batch, h, w, c = x.shape
-  if c % heads:
-    raise ValueError(f'{c} channels cannot be split into {heads} heads')
-  return x.reshape(*batch, h * w, heads, c // heads)
+def _check_heads(channels: int, heads: int) -> None:
+  if channels % heads:
+    raise ValueError(f'{channels} channels cannot be split into {heads} heads')
 
 
-def _attention_logits(q: Array, k: Array, temperature: Array) -> Array:
-  """Cosine similarity of q and k over the spatial axis, times the per-head temperature.
+def _attention_logits(q: Array, k: Array, temperature: Array, heads: int) -> Array:
+  """Per-head cosine similarity of q and k channels over the spatial axes, times the per-head temperature.
 
-  q, k: (*batch, N, h, ch). Returns (*batch, h, ch, ch) in float32. Equal to
-  (q / max(|q|, eps)) @ (k / max(|k|, eps))^T of the release, with the normalisation applied to the small
-  ch x ch Gram matrix instead of to the large q and k tensors.
+  q, k: (*batch, H, W, C); heads are contiguous blocks of C/heads channels. Returns (*batch, heads, ch, ch) in
+  float32, equal to (q_h / max(|q_h|, eps)) @ (k_h / max(|k_h|, eps))^T of the release for each head h.
+
+  The Gram matrix is computed for all C channels at once, one (C x H*W) @ (H*W x C) product read straight from
+  the channels-last layout, and its diagonal head blocks are kept: splitting heads first would transpose q and
+  k to (heads, ch, H*W), and those transposes cost more than the heads-times larger product
+  (docs/performance.md). The L2 normalisation is applied to the small Gram blocks, not to q and k.
   """
-  gram = jnp.einsum('...nhi,...nhj->...hij', q, k, preferred_element_type=jnp.float32)
-  q_norm = jnp.sqrt(jnp.sum(jnp.square(q.astype(jnp.float32)), axis=-3))  # (*batch, h, ch)
-  k_norm = jnp.sqrt(jnp.sum(jnp.square(k.astype(jnp.float32)), axis=-3))
-  q_inv = 1.0 / jnp.maximum(q_norm, _L2_EPS)
-  k_inv = 1.0 / jnp.maximum(k_norm, _L2_EPS)
+  *batch, h, w, c = q.shape
+  _check_heads(c, heads)
+  ch = c // heads
+  q2 = q.reshape(*batch, h * w, c)
+  k2 = k.reshape(*batch, h * w, c)
+  gram = jnp.einsum('...nc,...nd->...cd', q2, k2, preferred_element_type=jnp.float32)
+  gram = jnp.einsum('...hihj->...hij', gram.reshape(*batch, heads, ch, heads, ch))
+  q_inv = 1.0 / jnp.maximum(_spatial_norms(q2), _L2_EPS).reshape(*batch, heads, ch)
+  k_inv = 1.0 / jnp.maximum(_spatial_norms(k2), _L2_EPS).reshape(*batch, heads, ch)
   logits = gram * q_inv[..., :, None] * k_inv[..., None, :]
   return logits * temperature[:, None, None]
 
 
-def _apply_attention(attn: Array, v: Array, out_shape, dtype) -> Array:
-  """attn (*batch, h, ch, ch) applied to v (*batch, N, h, ch) -> (*batch, H, W, C)."""
-  out = jnp.einsum('...hij,...nhj->...nhi', attn.astype(dtype), v, preferred_element_type=dtype)
-  return out.reshape(out_shape)
+def _spatial_norms(x: Array) -> Array:
+  """L2 norm of every channel over the spatial axis: (*batch, N, C) -> (*batch, C), float32."""
+  return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-2))
+
+
+def _apply_attention(attn: Array, v: Array, dtype) -> Array:
+  """attn (*batch, heads, ch, ch) applied to v (*batch, H, W, C): out_h = attn_h @ v_h -> (*batch, H, W, C).
+
+  One product with the block-diagonal (C x C) matrix of the heads' maps, in the channels-last layout (no
+  transposes of v or of the output; the zero blocks add exact zeros).
+  """
+  *batch, heads, ch, _ = attn.shape
+  block_diagonal = jnp.einsum('...hij,hk->...hikj', attn.astype(dtype), jnp.eye(heads, dtype=dtype))
+  block_diagonal = block_diagonal.reshape(*batch, heads * ch, heads * ch)
+  out = jnp.einsum('...nd,...cd->...nc', v.reshape(*batch, -1, heads * ch), block_diagonal,
+                   preferred_element_type=dtype)
+  return out.reshape(v.shape)
 
 
 class Attention(nn.Module):
@@ -62,11 +80,10 @@ class Attention(nn.Module):
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
     temperature = self.param('temperature', nn.initializers.ones, (self.heads,), jnp.float32)
-    qkv = layers.Conv1x1(3 * c, self.use_bias, self.dtype, name='qkv')(x)
-    qkv = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='qkv_dwconv')(qkv)
-    q, k, v = (_split_heads(t, self.heads) for t in jnp.split(qkv, 3, axis=-1))
-    attn = jax.nn.softmax(_attention_logits(q, k, temperature), axis=-1)
-    out = _apply_attention(attn, v, x.shape, self.dtype)
+    qkv = layers.Conv1x1(3 * c, self.use_bias, self.dtype, output_groups=3, name='qkv')(x)
+    q, k, v = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='qkv_dwconv')(qkv)
+    attn = jax.nn.softmax(_attention_logits(q, k, temperature, self.heads), axis=-1)
+    out = _apply_attention(attn, v, self.dtype)
     return layers.Conv1x1(c, self.use_bias, self.dtype, name='project_out')(out)
 
 
@@ -83,12 +100,10 @@ class CrossAttention(nn.Module):
     temperature = self.param('temperature', nn.initializers.ones, (self.heads,), jnp.float32)
     q = layers.Conv1x1(c, self.use_bias, self.dtype, name='q')(x)
     q = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='q_dwconv')(q)
-    kv = layers.Conv1x1(2 * c, self.use_bias, self.dtype, name='kv')(y)
-    kv = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='kv_dwconv')(kv)
-    k, v = jnp.split(kv, 2, axis=-1)
-    q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
-    attn = jax.nn.softmax(_attention_logits(q, k, temperature), axis=-1)
-    out = _apply_attention(attn, v, x.shape, self.dtype)
+    kv = layers.Conv1x1(2 * c, self.use_bias, self.dtype, output_groups=2, name='kv')(y)
+    k, v = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='kv_dwconv')(kv)
+    attn = jax.nn.softmax(_attention_logits(q, k, temperature, self.heads), axis=-1)
+    out = _apply_attention(attn, v, self.dtype)
     return layers.Conv1x1(c, self.use_bias, self.dtype, name='project_out')(out)
 
 
@@ -120,19 +135,16 @@ class CoAttention(nn.Module):
     temperature = self.param('temperature', nn.initializers.ones, (self.heads,), jnp.float32)
     q = layers.Conv1x1(c, self.use_bias, self.dtype, name='q')(x)
     q = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='q_dwconv')(q)
-    kv_p = layers.Conv1x1(2 * c, self.use_bias, self.dtype, name='kv_prev')(x)
-    kv_p = shift_previous(layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='kv_dwconv_prev')(kv_p))
-    kv_n = layers.Conv1x1(2 * c, self.use_bias, self.dtype, name='kv_next')(x)
-    kv_n = shift_next(layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='kv_dwconv_next')(kv_n))
-    k_p, v_p = jnp.split(kv_p, 2, axis=-1)
-    k_n, v_n = jnp.split(kv_n, 2, axis=-1)
-    q, k_p, v_p, k_n, v_n = (_split_heads(t, self.heads) for t in (q, k_p, v_p, k_n, v_n))
-    attn_p = jax.nn.softmax(_attention_logits(q, k_p, temperature), axis=-1)
-    attn_n = jax.nn.softmax(_attention_logits(q, k_n, temperature), axis=-1)
+    kv_p = layers.Conv1x1(2 * c, self.use_bias, self.dtype, output_groups=2, name='kv_prev')(x)
+    k_p, v_p = map(shift_previous, layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='kv_dwconv_prev')(kv_p))
+    kv_n = layers.Conv1x1(2 * c, self.use_bias, self.dtype, output_groups=2, name='kv_next')(x)
+    k_n, v_n = map(shift_next, layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='kv_dwconv_next')(kv_n))
+    attn_p = jax.nn.softmax(_attention_logits(q, k_p, temperature, self.heads), axis=-1)
+    attn_n = jax.nn.softmax(_attention_logits(q, k_n, temperature, self.heads), axis=-1)
     # The release applies a second softmax to the product of the two probability maps (near uniform); kept.
     attn = jax.nn.softmax(attn_p * attn_n, axis=-1)
     v = v_p + v_n  # A v_p + A v_n == A (v_p + v_n): one product instead of two.
-    out = _apply_attention(attn, v, x.shape, self.dtype)
+    out = _apply_attention(attn, v, self.dtype)
     return layers.Conv1x1(c, self.use_bias, self.dtype, name='project_out')(out)
 
 

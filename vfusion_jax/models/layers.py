@@ -89,23 +89,35 @@ class LayerNorm(nn.Module):
 
 
 class Conv1x1(nn.Module):
-  """1x1 convolution as a matrix product over the channel axis. (..., Cin) -> (..., Cout)."""
+  """1x1 convolution as a matrix product over the channel axis. (..., Cin) -> (..., Cout).
+
+  ``output_groups`` > 1 returns the output as that many equal contiguous channel groups (a tuple, as
+  ``jnp.split(y, output_groups, -1)`` would), each computed by its own product with its slice of the kernel:
+  the groups come out as separate contiguous arrays, where splitting one product's output would copy them.
+  """
 
   features: int
   use_bias: bool = False
   dtype: Dtype = jnp.float32
   kernel_init: Callable = torch_default_kernel_init
+  output_groups: int = 1
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array) -> Array | tuple[Array, ...]:
     cin = x.shape[-1]
+    if self.features % self.output_groups:
+      raise ValueError(f'{self.features} output channels cannot form {self.output_groups} equal groups')
     kernel = self.param('kernel', self.kernel_init, (1, 1, cin, self.features), jnp.float32)
-    y = jnp.dot(x.astype(self.dtype), kernel.reshape(cin, self.features).astype(self.dtype),
-                preferred_element_type=self.dtype)
-    if self.use_bias:
-      bias = self.param('bias', torch_default_bias_init(cin), (self.features,), jnp.float32)
-      y = y + bias.astype(self.dtype)
-    return y
+    kernel = kernel.reshape(cin, self.features).astype(self.dtype)
+    bias = (self.param('bias', torch_default_bias_init(cin), (self.features,), jnp.float32).astype(self.dtype)
+            if self.use_bias else None)
+    x = x.astype(self.dtype)
+    size = self.features // self.output_groups
+    outputs = []
+    for g in range(self.output_groups):
+      y = jnp.dot(x, kernel[:, g * size:(g + 1) * size], preferred_element_type=self.dtype)
+      outputs.append(y if bias is None else y + bias[g * size:(g + 1) * size])
+    return outputs[0] if self.output_groups == 1 else tuple(outputs)
 
 
 def _flatten_batch(x: Array, spatial_rank: int):
@@ -192,27 +204,73 @@ depthwise_conv3x3.defvjp(_depthwise_fwd, _depthwise_bwd)
 class DepthwiseConv3x3(nn.Module):
   """Depthwise 3x3 convolution (groups = channels), zero padding 1 (``depthwise_conv3x3``).
 
-  (*batch, H, W, C) -> same shape. Kernel parameter (3, 3, 1, C), as a grouped Flax/PyTorch conv.
+  (*batch, H, W, C) -> same shape. Kernel parameter (3, 3, 1, C), as a grouped Flax/PyTorch conv. Given a
+  tuple of arrays (the channel groups of one C-channel map, as ``Conv1x1(output_groups=...)`` returns them),
+  the kernel covers their channels in order and a tuple of the convolved groups is returned.
   """
 
   use_bias: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    c = x.shape[-1]
-    kernel = self.param('kernel', torch_default_kernel_init, (3, 3, 1, c), jnp.float32)
-    y = depthwise_conv3x3(x.astype(self.dtype), kernel[:, :, 0].astype(self.dtype))
-    if self.use_bias:
-      bias = self.param('bias', torch_default_bias_init(9), (c,), jnp.float32)
-      y = y + bias.astype(self.dtype)
-    return y
+  def __call__(self, x: Array | tuple[Array, ...]) -> Array | tuple[Array, ...]:
+    parts = x if isinstance(x, (tuple, list)) else (x,)
+    c = sum(p.shape[-1] for p in parts)
+    kernel = self.param('kernel', torch_default_kernel_init, (3, 3, 1, c), jnp.float32)[:, :, 0].astype(self.dtype)
+    bias = (self.param('bias', torch_default_bias_init(9), (c,), jnp.float32).astype(self.dtype)
+            if self.use_bias else None)
+    outputs, start = [], 0
+    for part in parts:
+      stop = start + part.shape[-1]
+      y = depthwise_conv3x3(part.astype(self.dtype), kernel[..., start:stop])
+      outputs.append(y if bias is None else y + bias[start:stop])
+      start = stop
+    return tuple(outputs) if isinstance(x, (tuple, list)) else outputs[0]
+
+
+# Below this many input channels Conv3D stacks the three frames along channels (one 2-D convolution with
+# 27*Cin taps); at or above it, it sums three per-tap 2-D convolutions (docs/performance.md, "Conv3D").
+CONV3D_STACK_FRAMES_BELOW_CHANNELS = 8
+
+
+def _conv2d_same(x: Array, kernel: Array, dtype: Dtype) -> Array:
+  """3x3 cross-correlation, zero padding 1, over (*batch, H, W, Cin) with kernel (3, 3, Cin, Cout)."""
+  xf, batch_shape = _flatten_batch(x, 2)
+  y = jax.lax.conv_general_dilated(
+      xf, kernel, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), preferred_element_type=dtype)
+  return y.reshape(batch_shape + y.shape[1:])
+
+
+def conv3d_3x3x3(x: Array, kernel: Array, dtype: Dtype = jnp.float32) -> Array:
+  """3x3x3 cross-correlation over (T, H, W), zero padding 1 on every axis, as 2-D convolutions.
+
+  x (B, T, H, W, Cin), kernel (3, 3, 3, Cin, Cout) indexed (kt, kh, kw, Cin, Cout); returns (B, T, H, W, Cout).
+  Output frame t is the sum over kt of a 2-D convolution of frame t + kt - 1 (zeros outside [0, T)) with
+  kernel[kt]. XLA:CPU runs 2-D convolutions 2-4x faster than its 3-D convolution on these shapes (measured in
+  docs/performance.md): with few input channels the three frames are stacked along channels and convolved
+  once (3*Cin channels, kernel (3, 3, 3*Cin, Cout)); otherwise the three per-tap convolutions are summed.
+  """
+  cin = x.shape[-1]
+  rest = ((0, 0),) * (x.ndim - 2)
+  # Frames t-1, t, t+1 for every t, zeros outside the clip. Slicing before padding keeps each shifted copy the
+  # shape of x, so with time sharded the shift is a one-frame halo exchange between neighbouring devices
+  # (padding first and slicing after makes XLA move whole shards).
+  taps = [jnp.pad(x[:, :-1], ((0, 0), (1, 0)) + rest), x, jnp.pad(x[:, 1:], ((0, 0), (0, 1)) + rest)]
+  if cin < CONV3D_STACK_FRAMES_BELOW_CHANNELS:
+    stacked_kernel = jnp.concatenate(list(kernel), axis=2)  # (3, 3, 3*Cin, Cout), kt-major along Cin
+    return _conv2d_same(jnp.concatenate(taps, axis=-1), stacked_kernel, dtype)
+  y = None
+  for kt in range(3):
+    term = _conv2d_same(taps[kt], kernel[kt], dtype)
+    y = term if y is None else y + term
+  return y
 
 
 class Conv3D(nn.Module):
   """3x3x3 convolution over (T, H, W), zero padding 1 on every axis (frames outside [0, T) are zeros), bias.
 
-  (B, T, H, W, Cin) -> (B, T, H, W, Cout).
+  (B, T, H, W, Cin) -> (B, T, H, W, Cout), computed by ``conv3d_3x3x3``.
   """
 
   features: int
@@ -223,10 +281,7 @@ class Conv3D(nn.Module):
     cin = x.shape[-1]
     kernel = self.param('kernel', torch_default_kernel_init, (3, 3, 3, cin, self.features), jnp.float32)
     bias = self.param('bias', torch_default_bias_init(27 * cin), (self.features,), jnp.float32)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(1, 1, 1),
-        padding=((1, 1), (1, 1), (1, 1)), dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
-        preferred_element_type=self.dtype)
+    y = conv3d_3x3x3(x.astype(self.dtype), kernel.astype(self.dtype), self.dtype)
     return y + bias.astype(self.dtype)
 
 
