@@ -15,7 +15,9 @@ time (overlapping ops on the 2 threads are charged to whichever started last). F
 jaxpr of the same function, per equation, with the same name stack and grouping: 2*M*N*K for dot_general and
 convolutions, one per output element for every other arithmetic primitive (XLA's cost analysis of the whole
 program is printed beside their sum as a check). Both directions (``forward`` / ``backward``) are separated for
-the train step. Prints a Markdown table and, with --json, writes every number.
+the train step. The ceiling is this machine's sgemm rate, measured at start (a 2048x2048 float32 ``jnp.dot``,
+best of 5; ``--ceiling_gflops`` overrides it). Prints a Markdown table, with ``--top N`` the N slowest HLO ops
+of each group (name, shape, module path), and with --json writes every number.
 """
 
 import argparse
@@ -31,7 +33,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SGEMM_CEILING_GFLOPS = 116.0  # measured sgemm ceiling of this CPU (docs/benchmarks.md)
+SGEMM_SIZE = 2048  # square float32 matrix product that measures the ceiling
 
 GROUPS = ('Conv3D', '3x3 conv', 'depthwise 3x3', '1x1 conv', 'channel attention (MDTA)', 'BiCAM attention',
           'LayerNorm', 'CMA gates', 'pixel (un)shuffle', 'upsampling', 'other network ops', 'loss',
@@ -185,6 +187,31 @@ def trace_op_times(run, repeats: int) -> dict:
   return times
 
 
+def sgemm_gflops(repeats: int = 5) -> float:
+  """Best-of-``repeats`` rate of a SGEMM_SIZE^2 float32 matrix product on all cores, GFLOP/s."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jnp.ones((SGEMM_SIZE, SGEMM_SIZE), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, a))
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(dot(a, a))
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * SGEMM_SIZE ** 3 / best / 1e9
+
+
+def op_shapes(hlo_text: str) -> dict:
+  """HLO instruction name -> its result shape (e.g. 'f32[6,128,128,32]'), for the --top listing."""
+  shapes = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r'\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)', line)
+    if match:
+      shapes[match.group(1)] = match.group(2).split('{')[0]
+  return shapes
+
+
 def _build(args):
   sys.path.insert(0, REPO)
   from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
@@ -226,7 +253,9 @@ def profile(args) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
-  op_names = hlo_op_names(compiled.as_text())
+  hlo_text = compiled.as_text()
+  op_names = hlo_op_names(hlo_text)
+  shapes = op_shapes(hlo_text)
   run = lambda: jax.block_until_ready(compiled(*fn_args))
   run()  # warm-up
   walls = []
@@ -239,9 +268,11 @@ def profile(args) -> dict:
   flops = jaxpr_flops(closed_jaxpr, kinds)
   seconds = collections.Counter()
   unnamed = collections.Counter()
+  top = collections.defaultdict(list)
   for op, t in op_times.items():
     key = group_of(op_names.get(op, ''), kinds)
     seconds[key] += t
+    top[' '.join(filter(None, key))].append((t, op, shapes.get(op, ''), op_names.get(op, '')))
     if key[0] == 'unattributed':
       unnamed[re.sub(r'\.\d+$', '', op)] += t
   keys = sorted(set(seconds) | set(flops), key=lambda k: (GROUPS.index(k[0]), k[1]))
@@ -251,7 +282,10 @@ def profile(args) -> dict:
               height=args.height, width=args.width, dtype=args.dtype, remat=args.remat, compile_s=compile_s,
               wall_s=statistics.median(walls), walls=walls, op_seconds=sum(seconds.values()),
               counted_gflop=sum(flops.values()) / 1e9, xla_gflop=xla_flops / 1e9, rows=rows,
-              unattributed_ops=dict(unnamed.most_common(10)))
+              unattributed_ops=dict(unnamed.most_common(10)), ceiling_gflops=args.ceiling_gflops or sgemm_gflops(),
+              top_ops={k: [dict(seconds=t, op=op, shape=shape, op_name=name)
+                           for t, op, shape, name in sorted(v, reverse=True)[:args.top]]
+                       for k, v in top.items()})
 
 
 def markdown(result: dict) -> str:
@@ -259,14 +293,19 @@ def markdown(result: dict) -> str:
   lines = [f"{result['mode']} {result['variant']} B={result['batch']} T={result['frames']} "
            f"{result['height']}x{result['width']} {result['dtype']}: wall {result['wall_s']:.3f} s (median), "
            f"attributed {total:.3f} s, compile {result['compile_s']:.1f} s, "
-           f"{result['counted_gflop']:.1f} GFLOP counted (XLA cost analysis {result['xla_gflop']:.1f})", '',
+           f"{result['counted_gflop']:.1f} GFLOP counted (XLA cost analysis {result['xla_gflop']:.1f}), "
+           f"sgemm ceiling {result['ceiling_gflops']:.0f} GFLOP/s", '',
            '| group | direction | op time (s) | share | GFLOP | GFLOP/s | % of sgemm ceiling |',
            '|---|---|---:|---:|---:|---:|---:|']
   for r in result['rows']:
     rate = r['gflop'] / r['seconds'] if r['seconds'] > 0 else float('nan')
     share = 100.0 * r['seconds'] / total if total else float('nan')
     lines.append(f"| {r['group']} | {r['direction'] or '-'} | {r['seconds']:.3f} | {share:.1f} % | "
-                 f"{r['gflop']:.2f} | {rate:.1f} | {100.0 * rate / SGEMM_CEILING_GFLOPS:.0f} % |")
+                 f"{r['gflop']:.2f} | {rate:.1f} | {100.0 * rate / result['ceiling_gflops']:.0f} % |")
+  for group, ops in sorted(result['top_ops'].items()):
+    if ops:
+      lines.append(f'\nslowest ops of {group}:')
+      lines += [f"  {o['seconds'] * 1e3:8.1f} ms  {o['op']:<32} {o['shape']:<28} {o['op_name'][-90:]}" for o in ops]
   return '\n'.join(lines)
 
 
@@ -281,6 +320,9 @@ def main():
   parser.add_argument('--dtype', default='float32')
   parser.add_argument('--remat', action='store_true')
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--top', type=int, default=0, help='also list the N slowest HLO ops of every group')
+  parser.add_argument('--ceiling_gflops', type=float, default=0.0,
+                      help='sgemm ceiling for the %% column (default: measured at start)')
   parser.add_argument('--json', help='write the result here')
   args = parser.parse_args()
   result = profile(args)

@@ -104,6 +104,49 @@ def test_conv2d_and_conv1x1_match_direct_sum():
   np.testing.assert_allclose(y, expected, atol=1e-5)
 
 
+def test_grouped_conv1x1_and_depthwise_match_one_map():
+  """Conv1x1(output_groups=g) and DepthwiseConv3x3 on the groups equal splitting the direct full-map results."""
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(2, 5, 6, 4)).astype(np.float32)
+  module = layers.Conv1x1(9, use_bias=True, output_groups=3)
+  params = module.init(jax.random.key(0), x)['params']
+  groups = module.apply({'params': params}, x)
+  full = x @ np.asarray(params['kernel'])[0, 0] + params['bias']
+  assert len(groups) == 3
+  for got, want in zip(groups, np.split(full, 3, axis=-1)):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+  depthwise = layers.DepthwiseConv3x3(use_bias=True)
+  dw_params = depthwise.init(jax.random.key(1), groups)['params']
+  assert dw_params['kernel'].shape == (3, 3, 1, 9)
+  outs = depthwise.apply({'params': dw_params}, groups)
+  expected = _conv2d_numpy(full, np.asarray(dw_params['kernel'], np.float64), groups=9) + dw_params['bias']
+  for got, want in zip(outs, np.split(expected, 3, axis=-1)):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+  with pytest.raises(ValueError, match='equal groups'):
+    layers.Conv1x1(8, output_groups=3).init(jax.random.key(0), x)
+
+
+def test_channel_attention_matches_per_head_numpy():
+  """Full-Gram channel attention equals the release's per-head form: normalise q and k, softmax, apply to v."""
+  rng = np.random.default_rng(7)
+  heads, (b, h, w, c) = 4, (3, 5, 6, 8)
+  q, k, v = (rng.normal(size=(b, h, w, c)).astype(np.float32) for _ in range(3))
+  temperature = rng.uniform(0.5, 2.0, size=heads).astype(np.float32)
+  attn = jax.nn.softmax(blocks._attention_logits(q, k, temperature, heads), axis=-1)
+  out = np.asarray(blocks._apply_attention(attn, v, jnp.float32))
+  ch = c // heads
+  for i in range(b):
+    for head in range(heads):
+      cols = slice(head * ch, (head + 1) * ch)
+      qh, kh, vh = (t[i, ..., cols].reshape(h * w, ch).T.astype(np.float64) for t in (q, k, v))  # (ch, N)
+      qh = qh / np.maximum(np.linalg.norm(qh, axis=1, keepdims=True), 1e-12)
+      kh = kh / np.maximum(np.linalg.norm(kh, axis=1, keepdims=True), 1e-12)
+      logits = qh @ kh.T * temperature[head]
+      probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+      probs /= probs.sum(axis=1, keepdims=True)
+      np.testing.assert_allclose(out[i, ..., cols], (probs @ vh).T.reshape(h, w, ch), atol=1e-5)
+
+
 def test_conv3d_zero_pads_time():
   """Frames outside [0, T) are zeros: a clip and its zero-extended copy agree on the original frames."""
   rng = np.random.default_rng(5)

@@ -229,7 +229,7 @@ class DepthwiseConv3x3(nn.Module):
 
 
 # Below this many input channels Conv3D stacks the three frames along channels (one 2-D convolution with
-# 27*Cin taps); at or above it, it sums three per-tap 2-D convolutions (docs/performance.md, "Conv3D").
+# 27*Cin taps); at or above it, it sums three per-tap 2-D convolutions (docs/performance.md, "Intel Xeon with AVX-512").
 CONV3D_STACK_FRAMES_BELOW_CHANNELS = 8
 
 
