@@ -148,14 +148,18 @@ def jaxpr_flops(closed_jaxpr, kinds: dict) -> dict:
   return totals
 
 
-def hlo_op_names(hlo_text: str) -> dict:
-  """HLO instruction name -> op_name metadata, for every instruction of the compiled module."""
-  names = {}
+def hlo_instructions(hlo_text: str) -> tuple[dict, dict]:
+  """For every instruction of the compiled module: {name: op_name metadata} and {name: result shape}."""
+  names, shapes = {}, {}
   for line in hlo_text.splitlines():
-    match = re.match(r'\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{[^}]*op_name="([^"]*)"', line)
-    if match:
-      names[match.group(1)] = match.group(2)
-  return names
+    match = re.match(r'\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)', line)
+    if not match:
+      continue
+    shapes[match.group(1)] = match.group(2).split('{')[0]
+    op_name = re.search(r'metadata=\{[^}]*op_name="([^"]*)"', line)
+    if op_name:
+      names[match.group(1)] = op_name.group(1)
+  return names, shapes
 
 
 def trace_op_times(run, repeats: int) -> dict:
@@ -202,16 +206,6 @@ def sgemm_gflops(repeats: int = 5) -> float:
   return 2.0 * SGEMM_SIZE ** 3 / best / 1e9
 
 
-def op_shapes(hlo_text: str) -> dict:
-  """HLO instruction name -> its result shape (e.g. 'f32[6,128,128,32]'), for the --top listing."""
-  shapes = {}
-  for line in hlo_text.splitlines():
-    match = re.match(r'\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)', line)
-    if match:
-      shapes[match.group(1)] = match.group(2).split('{')[0]
-  return shapes
-
-
 def _build(args):
   sys.path.insert(0, REPO)
   from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
@@ -253,9 +247,7 @@ def profile(args) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
-  hlo_text = compiled.as_text()
-  op_names = hlo_op_names(hlo_text)
-  shapes = op_shapes(hlo_text)
+  op_names, shapes = hlo_instructions(compiled.as_text())
   run = lambda: jax.block_until_ready(compiled(*fn_args))
   run()  # warm-up
   walls = []

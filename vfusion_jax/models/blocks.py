@@ -21,11 +21,6 @@ Dtype = Any
 _L2_EPS = 1e-12
 
 
-def _check_heads(channels: int, heads: int) -> None:
-  if channels % heads:
-    raise ValueError(f'{channels} channels cannot be split into {heads} heads')
-
-
 def _attention_logits(q: Array, k: Array, temperature: Array, heads: int) -> Array:
   """Per-head cosine similarity of q and k channels over the spatial axes, times the per-head temperature.
 
@@ -38,7 +33,8 @@ def _attention_logits(q: Array, k: Array, temperature: Array, heads: int) -> Arr
   (docs/performance.md). The L2 normalisation is applied to the small Gram blocks, not to q and k.
   """
   *batch, h, w, c = q.shape
-  _check_heads(c, heads)
+  if c % heads:
+    raise ValueError(f'{c} channels cannot be split into {heads} heads')
   ch = c // heads
   q2 = q.reshape(*batch, h * w, c)
   k2 = k.reshape(*batch, h * w, c)

@@ -126,6 +126,16 @@ def _flatten_batch(x: Array, spatial_rank: int):
   return x.reshape((-1,) + x.shape[x.ndim - spatial_rank - 1:]), batch_shape
 
 
+def _conv2d_same(x: Array, kernel: Array, dtype: Dtype) -> Array:
+  """k x k cross-correlation, stride 1, zero padding k // 2: (*batch, H, W, Cin), kernel (k, k, Cin, Cout)."""
+  xf, batch_shape = _flatten_batch(x, 2)
+  pad = kernel.shape[0] // 2
+  y = jax.lax.conv_general_dilated(
+      xf, kernel, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), preferred_element_type=dtype)
+  return y.reshape(batch_shape + y.shape[1:])
+
+
 class Conv2D(nn.Module):
   """k x k convolution, stride 1, zero 'same' padding. (*batch, H, W, Cin) -> (*batch, H, W, Cout)."""
 
@@ -141,16 +151,12 @@ class Conv2D(nn.Module):
     k = self.kernel_size
     cin = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (k, k, cin, self.features), jnp.float32)
-    xf, batch_shape = _flatten_batch(x.astype(self.dtype), 2)
-    pad = k // 2
-    y = jax.lax.conv_general_dilated(
-        xf, kernel.astype(self.dtype), window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), preferred_element_type=self.dtype)
+    y = _conv2d_same(x.astype(self.dtype), kernel.astype(self.dtype), self.dtype)
     if self.use_bias:
       bias_init = self.bias_init or torch_default_bias_init(k * k * cin)
       bias = self.param('bias', bias_init, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
-    return y.reshape(batch_shape + y.shape[1:])
+    return y
 
 
 def _shifted_taps(xp: Array, kernel: Array, h: int, w: int) -> Array:
@@ -231,15 +237,6 @@ class DepthwiseConv3x3(nn.Module):
 # Below this many input channels Conv3D stacks the three frames along channels (one 2-D convolution with
 # 27*Cin taps); at or above it, it sums three per-tap 2-D convolutions (docs/performance.md, "Intel Xeon with AVX-512").
 CONV3D_STACK_FRAMES_BELOW_CHANNELS = 8
-
-
-def _conv2d_same(x: Array, kernel: Array, dtype: Dtype) -> Array:
-  """3x3 cross-correlation, zero padding 1, over (*batch, H, W, Cin) with kernel (3, 3, Cin, Cout)."""
-  xf, batch_shape = _flatten_batch(x, 2)
-  y = jax.lax.conv_general_dilated(
-      xf, kernel, window_strides=(1, 1), padding=((1, 1), (1, 1)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), preferred_element_type=dtype)
-  return y.reshape(batch_shape + y.shape[1:])
 
 
 def conv3d_3x3x3(x: Array, kernel: Array, dtype: Dtype = jnp.float32) -> Array:
