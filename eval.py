@@ -18,6 +18,7 @@ from vfusion_jax import runtime
 runtime.setup_process(tuned_allocator=False)  # XLA flags, compilation cache: before JAX starts
 
 from vfusion_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vfusion_jax import io  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vfusion_jax import windows  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config; the checkpoint must match its '
@@ -70,9 +71,9 @@ def main(argv):
     model_config = _CONFIG.value.model if _CONFIG.value is not None else None
     evaluate.evaluate(_DATA.value, _OUTPUT.value, checkpoint_dir=_CHECKPOINT.value, model_config=model_config,
                       options=options, tfds_data_dir=_TFDS_DATA_DIR.value)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
+  except (FileNotFoundError, FileExistsError, ValueError, io.StorageError) as e:
     raise SystemExit(f'error: {e}') from None
-  print(f'wrote {_OUTPUT.value}/metrics.md')
+  print(f'wrote {io.path(_OUTPUT.value) / "metrics.md"}')
 
 
 if __name__ == '__main__':

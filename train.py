@@ -4,8 +4,9 @@ r"""Trains VideoFusion.
   python train.py --config=configs/m3svd.py --workdir=DIR                      # the released recipe on M3SVD
   python train.py --config=configs/m3svd.py --config.batch_size=6 --workdir=DIR
 
-Re-running the same command resumes from the latest checkpoint in --workdir. SIGTERM/SIGINT save at the next
-step boundary and exit.
+--workdir may be a local folder or a bucket (gs://BUCKET/run; docs/tpu.md). Re-running the same command resumes
+from the latest checkpoint in --workdir. SIGTERM/SIGINT save at the next step boundary and exit; with several
+processes, a signal to any one of them makes all of them save the same step and exit.
 """
 
 from absl import app
@@ -16,6 +17,8 @@ from vfusion_jax import runtime
 
 runtime.setup_process()  # tuned allocator (re-executes once), XLA flags, compilation cache: before JAX starts
 
+from vfusion_jax import io  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vfusion_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vfusion_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file (configs/*.py[:variant])',
@@ -29,7 +32,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
     train_lib.run(_CONFIG.value, _WORKDIR.value)
-  except train_lib.DataNotFoundError as e:
+  except (train_lib.DataNotFoundError, io.StorageError, sharding.MeshError) as e:
     raise SystemExit(f'error: {e}') from None
 
 

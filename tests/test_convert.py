@@ -105,5 +105,8 @@ def test_load_rejects_other_config(tmp_path):
 
 def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(FileNotFoundError, match='do not exist'):
+    convert.load_state_dict(str(tmp_path / 'net_g_latest.pth'))
+  (tmp_path / 'net_g_latest.pth').write_bytes(b'not read without torch')
   with pytest.raises(ImportError, match='needs PyTorch'):
     convert.load_state_dict(str(tmp_path / 'net_g_latest.pth'))

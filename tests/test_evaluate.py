@@ -11,7 +11,7 @@ import pytest
 
 from configs import m3svd
 from conftest import LOCAL_FIXTURES, REPO, shared_data
-from vfusion_jax import checkpoint, convert, evaluate, infer, metrics, windows
+from vfusion_jax import checkpoint, convert, evaluate, infer, io, metrics, windows
 from vfusion_jax.data import synthetic, video_io
 
 TINY_NPZ = LOCAL_FIXTURES / 'videofusion_tiny_T3_32.npz'
@@ -56,7 +56,7 @@ def dataset(tmp_path_factory):
     for folder, key in STREAM_DIRS.items():
       (root / folder / video).mkdir(parents=True)
       for t, frame in enumerate(content[video][key]):
-        video_io.write_png_atomic(root / folder / video / f'{t:04d}.png', frame)
+        io.save_png(root / folder / video / f'{t:04d}.png', frame)
   return root, content
 
 
@@ -90,6 +90,26 @@ def test_outputs_written(degraded_run):
   table = (out / 'metrics.md').read_text()
   assert '**setting: degraded**' in table and '**references: clean**' in table
   assert '| pixel_max |' in table and 'Restoration' in table and summary['videos'] == list(VIDEOS)
+
+
+def test_output_in_a_bucket_equals_the_local_output(degraded_run, dataset, tiny_apply, gcs_emulator):
+  local, _ = degraded_run
+  out = io.path(f'gs://{gcs_emulator.new_bucket()}/eval')
+  options = evaluate.EvalOptions(setting='degraded', references='clean', window=windows.WindowConfig(WINDOW, 1))
+  evaluate.evaluate(dataset[0], out, apply_fn=tiny_apply[1], options=options, progress=False)
+  for table in ('metrics_per_frame.csv', 'metrics_per_video.csv', 'metrics_mean.csv', 'restoration_per_video.csv'):
+    assert (out / table).read_text() == (local / table).read_text()
+  assert '**setting: degraded**' in (out / 'metrics.md').read_text()
+  for video in VIDEOS:
+    for name in (f'{t:04d}.png' for t in range(NUM_FRAMES)):
+      np.testing.assert_array_equal(video_io.load_png(out / 'fusion' / video / name),
+                                    video_io.load_png(local / 'fusion' / video / name))
+    np.testing.assert_array_equal(video_io.load_png(out / 'plots' / f'{video}_column.png'),
+                                  video_io.load_png(local / 'plots' / f'{video}_column.png'))
+  with pytest.raises(FileExistsError, match='not empty'):
+    evaluate.evaluate(dataset[0], out, apply_fn=tiny_apply[1], options=options, progress=False)
+  with pytest.raises(ValueError, match='gcsfuse'):
+    evaluate.evaluate(f'gs://{gcs_emulator.new_bucket()}/data', out, apply_fn=tiny_apply[1], progress=False)
 
 
 def test_fused_pngs_are_the_quantised_model_output(degraded_run, dataset, tiny_apply):
@@ -199,7 +219,7 @@ def test_unknown_split_is_a_clear_error(tmp_path):
   root = tmp_path / 'data'
   for folder in ('ir', 'vi'):
     (root / folder / 'v').mkdir(parents=True)
-    video_io.write_png_atomic(root / folder / 'v' / '0000.png', np.zeros((8, 8, 3), np.uint8))
+    io.save_png(root / folder / 'v' / '0000.png', np.zeros((8, 8, 3), np.uint8))
   with pytest.raises(ValueError, match='no videos'):
     evaluate.evaluate(root, tmp_path / 'out', apply_fn=_fake_apply, progress=False,
                       options=evaluate.EvalOptions(split='test'))

@@ -9,7 +9,7 @@ import pytest
 
 from configs import m3svd
 from conftest import LOCAL_FIXTURES, REPO, shared_data
-from vfusion_jax import checkpoint, convert, infer, windows
+from vfusion_jax import checkpoint, convert, infer, io, windows
 from vfusion_jax.data import video_io
 
 TINY_NPZ = LOCAL_FIXTURES / 'videofusion_tiny_T3_32.npz'
@@ -48,7 +48,7 @@ def _write_video(path, frames, fps=FPS):
 def _write_folder(path, frames):
   path.mkdir()
   for t, frame in enumerate(frames):
-    video_io.write_png_atomic(path / f'{t:04d}.png', frame)
+    io.save_png(path / f'{t:04d}.png', frame)
   return path
 
 
@@ -215,6 +215,35 @@ def test_failed_run_leaves_nothing(tiny_model, folder_pair, tmp_path):
     infer.fuse_video(*folder_pair, tmp_path / 'fused.mp4', output_ir=tmp_path / 'ir', apply_fn=failing,
                      window_config=windows.WindowConfig(WINDOW), progress=False)
   assert list(tmp_path.iterdir()) == []  # Neither the final names nor temporary files.
+
+
+def test_bucket_inputs_checkpoint_and_outputs(tiny_checkpoint, tiny_model, video_pair, gcs_emulator, tmp_path):
+  """Everything in gs:// gives what the same run on local disk gives; a failed run leaves no object."""
+  apply_fn, params, model_config = tiny_model
+  bucket = io.path(f'gs://{gcs_emulator.new_bucket()}')
+  checkpoint.save_inference_checkpoint(bucket / 'ckpt', params, model_config)
+  remote_inputs = [io.write_bytes(bucket / 'in' / p.name, p.read_bytes()) for p in video_pair]
+  config = windows.WindowConfig(WINDOW)
+  infer.fuse_video(*remote_inputs, bucket / 'out' / 'fused.mp4', checkpoint_dir=bucket / 'ckpt',
+                   output_ir=bucket / 'out' / 'ir', window_config=config, progress=False)
+  infer.fuse_video(*video_pair, tmp_path / 'fused.mp4', apply_fn=apply_fn, output_ir=tmp_path / 'ir',
+                   window_config=config, progress=False)
+  np.testing.assert_array_equal(video_io.read_video(bucket / 'out' / 'fused.mp4'),
+                                video_io.read_video(tmp_path / 'fused.mp4'))
+  names = sorted(p.name for p in (tmp_path / 'ir').iterdir())
+  assert sorted(p.name for p in (bucket / 'out' / 'ir').iterdir()) == names
+  for name in names:
+    np.testing.assert_array_equal(video_io.load_png(bucket / 'out' / 'ir' / name),
+                                  video_io.load_png(tmp_path / 'ir' / name))
+  assert sorted(p.name for p in (bucket / 'out').iterdir()) == ['fused.mp4', 'ir']  # no staging left
+
+  def failing(ir, vi):
+    raise RuntimeError('device lost')
+
+  with pytest.raises(RuntimeError, match='device lost'):
+    infer.fuse_video(*remote_inputs, bucket / 'failed' / 'fused.mp4', output_vi=bucket / 'failed' / 'vi',
+                     apply_fn=failing, window_config=config, progress=False)
+  assert not (bucket / 'failed').exists()
 
 
 def test_progress_line():

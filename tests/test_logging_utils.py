@@ -121,13 +121,3 @@ def test_image_strip_layout_pixelwise():
 
   with pytest.raises(ValueError, match='same shape'):
     logging_utils.image_strip([[grey, np.zeros((3, 3, 3))]])
-
-
-def test_save_png_round_trip(tmp_path):
-  image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
-  path = tmp_path / 'strip.png'
-  logging_utils.save_png(path, image)
-  np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
-  assert [p.name for p in tmp_path.iterdir()] == ['strip.png']
-  with pytest.raises(ValueError, match='uint8'):
-    logging_utils.save_png(path, image.astype(np.float32))

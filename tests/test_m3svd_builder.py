@@ -1,16 +1,21 @@
 """Tests of the M3SVD TFDS builder (data/m3svd) and vfusion_jax.data.build, without TensorFlow."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
 
+from etils import epath
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import demo
 from conftest import REPO, shared_data
 from test_sources import PLAIN, RELEASE, random_video, tiny_release, write_mp4s
+from vfusion_jax import io
+from vfusion_jax import train_lib
 from vfusion_jax.data import build
 from vfusion_jax.data import pipeline
 from vfusion_jax.data import sources
@@ -48,11 +53,11 @@ def release_build(tmp_path_factory):
             'test': tiny_release(root / 'test', rng, {'b03': 4})}
   data_dir = tmp_path_factory.mktemp('records')
   builder = build.build(root, data_dir, num_shards=2, chunk_frames=CHUNK)
-  return builder, videos, data_dir
+  return builder, videos, data_dir, root
 
 
 def test_release_with_split_folders_reads_back_in_order(release_build):
-  builder, videos, data_dir = release_build
+  builder, videos, data_dir, _ = release_build
   assert builder.builder_config.name == f'chunk{CHUNK}'
   assert set(builder.info.splits) == {'train', 'test'}
   assert len(list(pathlib.Path(builder.data_dir).glob('m3svd-train.array_record-*-of-00002'))) == 2
@@ -60,6 +65,40 @@ def test_release_with_split_folders_reads_back_in_order(release_build):
   for split in ('train', 'test'):
     _assert_chunks_match(_examples(f'm3svd/chunk{CHUNK}', split, data_dir), videos[split], CHUNK)
   assert 'tensorflow' not in sys.modules
+
+
+def test_build_into_a_bucket_gives_the_same_records(release_build, gcs_emulator, tmp_path):
+  _, videos, local_data_dir, root = release_build
+  bucket = gcs_emulator.new_bucket()
+  data_dir = f'gs://{bucket}/tfds'
+  command = [sys.executable, '-m', 'vfusion_jax.data.build', f'--manual_dir={root}', f'--data_dir={data_dir}',
+             '--num_shards=2', f'--chunk_frames={CHUNK}']
+  env = dict(os.environ, PYTHONPATH=str(REPO), **gcs_emulator.env)
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  version = io.path(data_dir) / 'm3svd' / f'chunk{CHUNK}' / '1.0.0'
+  assert str(version) in done.stdout
+  names = sorted(p.name for p in version.iterdir())
+  assert {'dataset_info.json', 'features.json'} <= set(names)
+  assert len([n for n in names if '.array_record-' in n]) == 4  # 2 splits x 2 shards
+
+  # What a gcsfuse mount of the bucket shows the input pipeline: the same records as the local build.
+  mirror = tmp_path / 'mount'
+  epath.backend.fsspec_backend.fs(data_dir).get(f'{bucket}/tfds/', str(mirror), recursive=True)
+  for split in ('train', 'test'):
+    examples = _examples(f'm3svd/chunk{CHUNK}', split, mirror)
+    _assert_chunks_match(examples, videos[split], CHUNK)
+    for mine, theirs in zip(examples, _examples(f'm3svd/chunk{CHUNK}', split, local_data_dir)):
+      for key in FEATURES:
+        np.testing.assert_array_equal(np.asarray(mine[key]), np.asarray(theirs[key]))
+
+  again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert again.returncode == 0 and 'already holds the records' in again.stderr
+  config = demo.get_config()
+  with config.unlocked():
+    config.data.source, config.data.name, config.data.data_dir = 'tfds', f'm3svd/chunk{CHUNK}', data_dir
+  with pytest.raises(train_lib.DataNotFoundError, match='gcsfuse'):
+    train_lib.make_train_source(config)
 
 
 def test_plain_layout_stores_absent_lq_as_zero_frames_and_splits_by_name(tmp_path):

@@ -1,10 +1,17 @@
 """Tests of vfusion_jax.data.pipeline: the training batches (on chunk sources and the M3SVD TFDS records) and
 the whole-video evaluation reader."""
 
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import REPO
 from test_sources import PLAIN, random_video, tiny_release, write_mp4s
 from vfusion_jax.data import build
 from vfusion_jax.data import pipeline
@@ -125,6 +132,40 @@ def test_one_worker_process_gives_the_same_batches():
       _assert_batches_equal(batch, next(iterator))
   finally:
     iterator.close()
+
+
+WORKERS_GONE_TIMEOUT_S = 10 * pipeline.PARENT_CHECK_INTERVAL_S
+KILLED_TRAINER = """
+import time
+
+from absl import flags
+import grain
+import numpy as np
+
+from vfusion_jax.data import pipeline
+
+flags.FLAGS.mark_as_parsed()
+iterator = pipeline.make_iterator(grain.MapDataset.range(100).map(lambda i: np.full(4, i)), num_workers=2)
+print(int(next(iterator)[0]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_worker_processes_end_with_a_killed_parent():
+  parent = subprocess.Popen([sys.executable, '-c', KILLED_TRAINER], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+  try:
+    assert parent.stdout.readline().strip() == '0'
+    children = [int(pid) for task in pathlib.Path(f'/proc/{parent.pid}/task').iterdir()
+                for pid in (task / 'children').read_text().split()]
+    assert len(children) >= 2  # the two workers (and multiprocessing's resource tracker)
+  finally:
+    parent.kill()
+    parent.wait()
+  deadline = time.monotonic() + WORKERS_GONE_TIMEOUT_S
+  while any(os.path.exists(f'/proc/{pid}') for pid in children) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert not [pid for pid in children if os.path.exists(f'/proc/{pid}')]
 
 
 @pytest.fixture(scope='module')

@@ -8,7 +8,8 @@ has. Only the straight run writes previews, so only it compiles the forward pass
 
 Runs (``training_runs``):
   straight  6 steps, checkpoints at 3 and 6, previews: the reference and the source of the logging checks.
-  resumed   the same 6 steps, SIGKILLed while sleeping after its step-3 checkpoint, then the same command again.
+  resumed   the same 6 steps in a gs:// workdir (fake-gcs-server on 127.0.0.1) with 2 grain worker processes,
+            SIGKILLed while sleeping after its step-3 checkpoint, then the same command again.
   sigterm   a long run sent SIGTERM once training steps are going.
   nan       the straight run with the inputs of step 5 replaced by NaN.
 """
@@ -30,12 +31,15 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
+import conftest
 from configs import demo
 from vfusion_jax import checkpoint
 from vfusion_jax import export
+from vfusion_jax import io
 from vfusion_jax import logging_utils
 from vfusion_jax import losses
 from vfusion_jax import runtime
+from vfusion_jax import train_lib
 from vfusion_jax.data import video_io
 
 event_accumulator = pytest.importorskip(
@@ -50,6 +54,7 @@ BATCH, FRAMES, SIZE = 2, 3, 32
 PREVIEW_FRAMES = 6
 NAN_STEP = 5
 LONG_RUN_STEPS = 1000  # the SIGTERM run: never finishes by itself
+WORKERS = 2  # grain worker processes of the resumed run (the others read in the main process)
 # Generous limits: a cold compile of the tiny train step takes minutes on a loaded 2-core machine.
 COLD_START_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 600
@@ -152,8 +157,8 @@ class _TrainRun(_Process):
   """``train.py --workdir=<root>/<name> ARGS`` (or ``python -c CODE ...`` with the same flags)."""
 
   def __init__(self, root: pathlib.Path, name: str, args, env: dict, code: str | None = None,
-               code_args=()):
-    self.workdir = root / name
+               code_args=(), workdir: str | None = None):
+    self.workdir = io.path(workdir or root / name)
     self.args = (f'--workdir={self.workdir}', *args)
     argv = ['-c', code, *code_args, *self.args] if code else ['train.py', *self.args]
     super().__init__(root, name, argv, env)
@@ -165,7 +170,7 @@ class _TrainRun(_Process):
 
   def metrics(self) -> list[dict]:
     path = self.workdir / logging_utils.METRICS_FILENAME
-    return logging_utils.read_metrics(path) if path.exists() else []
+    return logging_utils.read_metrics(path) if path.exists() else []  # in a bucket: as of the last upload
 
   def last_step(self) -> int:
     return max((m['step'] for m in self.metrics()), default=0)
@@ -175,7 +180,7 @@ class _TrainRun(_Process):
       return sorted(manager.all_steps())
 
   def digests(self) -> dict[int, str]:
-    lines = (self.workdir / 'batch_digests.jsonl').read_text().splitlines()
+    lines = (self.workdir / train_lib.BATCH_DIGESTS_FILE).read_text().splitlines()
     records = [json.loads(line) for line in lines]
     steps = [r['step'] for r in records]
     assert len(steps) == len(set(steps)), f'{self.name}: a step drew two batches: {steps}'
@@ -199,7 +204,7 @@ def _env(root: pathlib.Path) -> dict:
 
 
 @pytest.fixture(scope='module')
-def training_runs(tmp_path_factory):
+def training_runs(tmp_path_factory, gcs_emulator):
   root = tmp_path_factory.mktemp('train_runs')
   env = _env(root)
   straight = _TrainRun(root, 'straight', TINY_RUN + DIGESTS + PREVIEWS, env)
@@ -208,7 +213,8 @@ def training_runs(tmp_path_factory):
     # Once step 1 is logged, the init and the train step are in the compilation cache.
     straight.wait_until(lambda: straight.last_step() >= 1, 'first step', COLD_START_TIMEOUT_S)
     resumed = _TrainRun(root, 'resumed', TINY_RUN + DIGESTS + (
-        f'--config.debug_hang_after_checkpoint_step={CHECKPOINT_EVERY}',), env)
+        f'--config.debug_hang_after_checkpoint_step={CHECKPOINT_EVERY}', f'--config.data.num_workers={WORKERS}'),
+                        dict(env, **gcs_emulator.env), workdir=f'gs://{gcs_emulator.new_bucket()}/resumed')
     sigterm = _TrainRun(root, 'sigterm', TINY_RUN + (
         f'--config.total_steps={LONG_RUN_STEPS}', f'--config.checkpoint_every_steps={LONG_RUN_STEPS}'), env)
     nan = _TrainRun(root, 'nan', TINY_RUN, env, code=NAN_DRIVER, code_args=(str(NAN_STEP - 1),))
@@ -256,7 +262,7 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(training_runs):
   assert 'Traceback' not in run.log()
 
 
-def test_resume_after_sigkill_is_bitwise(training_runs, straight_run):
+def test_resume_after_sigkill_is_bitwise(training_runs, straight_run, tmp_path):
   run = training_runs.resumed
   run.wait_until(lambda: 'checkpoint committed, sleeping' in run.log(), 'sleep after the step-3 checkpoint')
   assert run.checkpoint_steps() == [CHECKPOINT_EVERY]
@@ -279,6 +285,20 @@ def test_resume_after_sigkill_is_bitwise(training_runs, straight_run):
                         _restore_opt_state(straight_run.workdir, TOTAL_STEPS), 'opt_state')
   losses_by_step = lambda r: {m['step']: m['loss'] for m in r.metrics()}
   assert losses_by_step(run) == losses_by_step(straight_run)
+
+  # What an outside check does: export both runs (one from the bucket) to local inference checkpoints.
+  exported = {}
+  for source in (run, straight_run):
+    output = tmp_path / source.name
+    result = subprocess.run([sys.executable, '-m', 'vfusion_jax.export', '--workdir', str(source.workdir),
+                             '--output', str(output)], cwd=REPO, env=run.env, capture_output=True, text=True,
+                            timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-4000:]
+    exported[source.name] = checkpoint.load_inference_checkpoint(output)[0]
+  _assert_bitwise_equal(exported['resumed'], exported['straight'], 'exported params')
+  bucket_steps = sorted(int(p.parent.name) for p in (run.workdir / checkpoint.TRAINING_DIR).glob(
+      '*/_CHECKPOINT_METADATA'))
+  assert bucket_steps == [CHECKPOINT_EVERY, TOTAL_STEPS]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(training_runs):
@@ -330,6 +350,9 @@ def test_demo_run_writes_metrics_events_and_previews(straight_run):
   expected_hw = (BATCH * SIZE + (BATCH - 1) * logging_utils.SEPARATOR_PX, panels * SIZE + separators)
   assert (images[-1].height, images[-1].width) == expected_hw
 
+  previews = sorted((workdir / train_lib.PREVIEWS_DIR).iterdir())
+  assert [p.name for p in previews] == [f'{CHECKPOINT_EVERY:08d}.png', f'{TOTAL_STEPS:08d}.png']
+  assert np.asarray(Image.open(previews[-1])).shape == (*expected_hw, 3)
   png = np.asarray(Image.open(workdir / 'preview.png'))
   assert png.shape == (SIZE, panels * SIZE + separators, 3)
   info = video_io.probe_video(workdir / 'preview.mp4', exact=True)
@@ -360,6 +383,25 @@ def test_export_round_trip_and_refusal_to_overwrite(straight_run, tmp_path):
   latest = export.export(str(straight_run.workdir), str(tmp_path / 'latest'))
   expected_latest, _, _ = checkpoint.restore_training_params(straight_run.workdir)
   _assert_bitwise_equal(checkpoint.load_inference_checkpoint(latest)[0], expected_latest, 'latest params')
+
+
+def test_bucket_problems_are_one_error_line_before_any_compilation(gcs_emulator, tmp_path):
+  closed = f'http://127.0.0.1:{conftest.free_port()}'
+  cases = [('gs://no-such-bucket-vf/run', gcs_emulator.env,
+            'error: gs://no-such-bucket-vf/run: the bucket gs://no-such-bucket-vf does not exist'),
+           (f'gs://{gcs_emulator.new_bucket()}/run', dict(gcs_emulator.env, STORAGE_EMULATOR_HOST=closed,
+                                                          TENSORSTORE_GCS_HTTP_URL=closed),
+            'error: gs://'),
+           ]
+  for workdir, storage_env, expected in cases:
+    result = subprocess.run([sys.executable, str(REPO / 'train.py'), f'--config={REPO / "configs" / "demo.py"}',
+                             f'--workdir={workdir}'], cwd=tmp_path, env=dict(_env(tmp_path), **storage_env),
+                            capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert result.returncode != 0
+    assert 'Traceback' not in result.stderr and 'train step memory' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-2000:]
+  assert 'cannot reach the storage endpoint' in result.stderr
+  assert not (tmp_path / 'gs:').exists()  # the URL never became a local folder
 
 
 def test_m3svd_config_without_data_fails_with_instructions(tmp_path):

@@ -5,6 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from vfusion_jax import io
 from vfusion_jax.data import video_io
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
@@ -161,7 +162,7 @@ def test_read_errors_name_the_path(tmp_path):
 def test_frame_folder_natural_order_and_png_io(tmp_path):
   image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
   for name in ['10.png', '2.png', '1.png']:
-    video_io.write_png_atomic(tmp_path / name, image)
+    io.save_png(tmp_path / name, image)
   (tmp_path / 'notes.txt').touch()
   assert [p.name for p in video_io.read_frame_folder(tmp_path)] == ['1.png', '2.png', '10.png']
   np.testing.assert_array_equal(video_io.load_png(tmp_path / '2.png'), image)
@@ -169,7 +170,7 @@ def test_frame_folder_natural_order_and_png_io(tmp_path):
   padded = tmp_path / 'padded'
   padded.mkdir()
   for i in [10, 9, 0, 100]:
-    video_io.write_png_atomic(padded / f'{i:06d}.png', image[..., 0])  # Grey PNGs.
+    io.save_png(padded / f'{i:06d}.png', image[..., 0])  # Grey PNGs.
   assert [p.name for p in video_io.read_frame_folder(padded)] == [
       '000000.png', '000009.png', '000010.png', '000100.png']
   grey = video_io.load_png(padded / '000009.png')

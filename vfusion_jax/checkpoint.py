@@ -7,14 +7,12 @@ all read and write: a directory holding
   config.json    the model config (the keyword arguments of ``VideoFusion``)
   metadata.json  provenance (source, step, versions); informational only
 
-It is written to a temporary sibling directory and renamed into place, so a failed write never leaves a
-half-written checkpoint under the final name, and an existing one is never replaced without ``overwrite``.
+It is written as an ``io.StagedDirectory`` with ``config.json`` published last, so a failed write never leaves
+something under the final name that loads (locally one rename; in a bucket the readers require config.json),
+and an existing one is never replaced without ``overwrite``. Every path may be local or ``gs://``.
 """
 
 import json
-import os
-import shutil
-import tempfile
 from typing import Any, Mapping
 
 import jax
@@ -22,6 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from vfusion_jax import io
 
 PARAMS_DIR = 'params'
 CONFIG_FILE = 'config.json'
@@ -64,57 +64,47 @@ def abstract_params(model_config: Mapping[str, Any]):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
 
-def save_inference_checkpoint(directory: str, params: Any, model_config: Mapping[str, Any], *,
-                              overwrite: bool = False, metadata: Mapping[str, Any] | None = None) -> str:
+def save_inference_checkpoint(directory: io.PathLike, params: Any, model_config: Mapping[str, Any], *,
+                              overwrite: bool = False, metadata: Mapping[str, Any] | None = None) -> io.Path:
   """Writes ``params`` (a Flax params tree) and ``model_config`` as an inference checkpoint at ``directory``.
 
-  Raises FileExistsError if ``directory`` exists and ``overwrite`` is False. Returns the absolute path.
+  ``directory`` is a local path or a ``gs://`` URL. Raises FileExistsError if it exists and ``overwrite`` is
+  False. Returns it as an epath.Path.
   """
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and not overwrite:
-    raise FileExistsError(f'{directory} already exists; pass overwrite=True (--overwrite) to replace it')
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.', dir=parent)
-  try:
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  directory = io.check_access(directory)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  info = {'format_version': FORMAT_VERSION, 'jax_version': jax.__version__, **_jsonable(dict(metadata or {}))}
+  with io.StagedDirectory(directory, overwrite=overwrite, commit_last=(CONFIG_FILE,)) as staged:
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(staging, PARAMS_DIR), params)
+    checkpointer.save(staged.path / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
     checkpointer.close()
-    with open(os.path.join(staging, CONFIG_FILE), 'w') as f:
-      json.dump(model_config_to_dict(model_config), f, indent=2, sort_keys=True)
-    info = {'format_version': FORMAT_VERSION, 'jax_version': jax.__version__, **_jsonable(dict(metadata or {}))}
-    with open(os.path.join(staging, METADATA_FILE), 'w') as f:
-      json.dump(info, f, indent=2, sort_keys=True)
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.rename(staging, directory)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
+    io.write_text(staged.path / METADATA_FILE, json.dumps(info, indent=2, sort_keys=True))
+    io.write_text(staged.path / CONFIG_FILE,
+                  json.dumps(model_config_to_dict(model_config), indent=2, sort_keys=True))
   return directory
 
 
-def load_model_config(directory: str) -> ml_collections.ConfigDict:
-  """Reads ``config.json`` of an inference checkpoint."""
-  path = os.path.join(directory, CONFIG_FILE)
-  if not os.path.isfile(path):
+def load_model_config(directory: io.PathLike) -> ml_collections.ConfigDict:
+  """Reads ``config.json`` of an inference checkpoint (local or ``gs://``)."""
+  config_path = io.path(directory) / CONFIG_FILE
+  if not config_path.is_file():
     raise FileNotFoundError(f'{directory} is not an inference checkpoint: {CONFIG_FILE} is missing')
-  with open(path) as f:
-    return model_config_from_dict(json.load(f))
+  return model_config_from_dict(json.loads(config_path.read_text()))
 
 
-def load_inference_checkpoint(directory: str, model_config: Mapping[str, Any] | None = None):
-  """Reads an inference checkpoint -> (params, model_config).
+def load_inference_checkpoint(directory: io.PathLike, model_config: Mapping[str, Any] | None = None):
+  """Reads an inference checkpoint (local or ``gs://``) -> (params, model_config).
 
   If ``model_config`` is given it must describe the same network as the checkpoint's own config (every
   field that changes parameter shapes); the checkpoint's config is returned in any case.
   """
-  directory = os.path.abspath(directory)
-  if not os.path.isdir(os.path.join(directory, PARAMS_DIR)):
+  directory = io.check_access(directory)
+  if not directory.exists():
+    raise FileNotFoundError(f'checkpoint {directory} does not exist')
+  stored = load_model_config(directory)  # Published last: a checkpoint without it is incomplete.
+  if not (directory / PARAMS_DIR).is_dir():
     raise FileNotFoundError(f'{directory} is not an inference checkpoint: {PARAMS_DIR}/ is missing')
-  stored = load_model_config(directory)
   if model_config is not None:
     wanted = model_config_to_dict(model_config)
     have = model_config_to_dict(stored)
@@ -125,7 +115,7 @@ def load_inference_checkpoint(directory: str, model_config: Mapping[str, Any] | 
                        f'(checkpoint, requested) differ in: {diff}')
   target = abstract_params(stored)
   checkpointer = ocp.StandardCheckpointer()
-  params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), target)
+  params = checkpointer.restore(directory / PARAMS_DIR, target)
   checkpointer.close()
   return params, stored
 
@@ -142,11 +132,16 @@ ITEM_META = 'meta'  # JSON: step, config; not 'metrics', which Orbax reserves (S
 ITEM_DATA_ITER = 'data_iter'
 
 
-def training_manager(workdir: str, *, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
-  """The checkpoint manager of a training run: ``<workdir>/checkpoints/<step>/{params,opt_state,meta,...}``."""
+def training_manager(workdir: io.PathLike, *, max_to_keep: int = 3,
+                     async_save: bool = True) -> ocp.CheckpointManager:
+  """The checkpoint manager of a training run: ``<workdir>/checkpoints/<step>/{params,opt_state,meta,...}``.
+
+  ``workdir`` is local or ``gs://``; on an object store Orbax marks a finished step with commit_success.txt
+  (no rename there) and ignores steps without it.
+  """
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                          create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), TRAINING_DIR), options=options)
+  return ocp.CheckpointManager(io.path(workdir) / TRAINING_DIR, options=options)
 
 
 def save_training(manager: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
@@ -177,14 +172,19 @@ def restore_training(manager: ocp.CheckpointManager, step: int, abstract_params:
   return restored[ITEM_PARAMS], restored[ITEM_OPT_STATE], restored[ITEM_META]
 
 
-def restore_training_params(workdir: str, step: int | None = None):
+def restore_training_params(workdir: io.PathLike, step: int | None = None):
   """Reads the params and meta of a training checkpoint (latest step by default) onto one device."""
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), TRAINING_DIR))
+  directory = io.check_access(workdir) / TRAINING_DIR
+  if not directory.is_dir():
+    raise FileNotFoundError(f'no training checkpoint under {directory}')
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
   steps = manager.all_steps()
   if not steps:
-    raise FileNotFoundError(f'no training checkpoint under {os.path.join(workdir, TRAINING_DIR)}')
+    manager.close()
+    raise FileNotFoundError(f'no training checkpoint under {directory}')
   step = max(steps) if step is None else step
   if step not in steps:
+    manager.close()
     raise ValueError(f'step {step} is not among the saved steps {sorted(steps)}')
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[ITEM_META]
   model_config = model_config_from_dict(meta['config']['model'])

@@ -134,10 +134,20 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_config: Mapping[str, Any]
 def load_state_dict(path: str) -> dict:
   """Reads official weights: a ``.pth`` (``{'params': state_dict}`` or a bare state_dict) or an ``.npz``.
 
-  The ``.npz`` layout is that of the shared fixtures: arrays under ``param/<official name>``.
+  The ``.npz`` layout is that of the shared fixtures: arrays under ``param/<official name>``. ``path`` may be
+  local or ``gs://`` (read through a local copy).
   """
+  from vfusion_jax import io  # pylint: disable=g-import-not-at-top
+
+  if not io.check_access(path).is_file():
+    raise FileNotFoundError(f'weights {path} do not exist')
+  with io.local_copy(path) as local:
+    return _load_local_state_dict(str(path), str(local))
+
+
+def _load_local_state_dict(path: str, local: str) -> dict:
   if path.endswith('.npz'):
-    with np.load(path) as data:
+    with np.load(local) as data:
       state = {k[len('param/'):]: data[k] for k in data.files if k.startswith('param/')}
     if not state:
       raise ValueError(f'{path} holds no param/<name> arrays')
@@ -148,7 +158,7 @@ def load_state_dict(path: str) -> dict:
     raise ImportError(
         f'reading {path} needs PyTorch, which vfusion-jax does not install: `pip install torch` (CPU is enough), '
         'or save the state_dict as an .npz with param/<name> keys and pass that instead') from e
-  checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+  checkpoint = torch.load(local, map_location='cpu', weights_only=True)
   if isinstance(checkpoint, dict) and 'params' in checkpoint:
     checkpoint = checkpoint['params']
   return {k: v.detach().cpu().numpy() for k, v in checkpoint.items()}
@@ -159,11 +169,16 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from vfusion_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
+  from vfusion_jax import io  # pylint: disable=g-import-not-at-top
+
   cfg = flags.FLAGS.config
-  state_dict = load_state_dict(flags.FLAGS.torch_checkpoint)
-  params = torch_to_flax(state_dict, cfg.model)
-  checkpoint.save_inference_checkpoint(flags.FLAGS.output, params, cfg.model, overwrite=flags.FLAGS.overwrite,
-                                       metadata={'source': flags.FLAGS.torch_checkpoint})
+  try:
+    state_dict = load_state_dict(flags.FLAGS.torch_checkpoint)
+    params = torch_to_flax(state_dict, cfg.model)
+    checkpoint.save_inference_checkpoint(flags.FLAGS.output, params, cfg.model, overwrite=flags.FLAGS.overwrite,
+                                         metadata={'source': flags.FLAGS.torch_checkpoint})
+  except (FileNotFoundError, FileExistsError, ValueError, ImportError, io.StorageError) as e:
+    raise SystemExit(f'error: {e}') from None
   print(f'wrote {flags.FLAGS.output} ({sum(np.size(x) for x in _leaves(params)):,} parameters)')
 
 

@@ -28,13 +28,17 @@ Output folder::
   metrics.json, metrics.md        everything, and the Markdown tables naming the setting and references
   plots/<video>_intensity.png     mean grey level over time (VideoFusion Fig. 6 / 9j)
   plots/<video>_column.png        one image column over time per method (the paper's Fig. 6 slices)
+
+The output folder and the checkpoint may be ``gs://`` URLs (``vfusion_jax.io``); every file is written
+atomically, and metrics.json/metrics.md last, so a folder without them is an unfinished run. ``data`` is read
+from local disk (a bucket through a gcsfuse mount, docs/tpu.md).
 """
 
 import collections
 import csv
 import dataclasses
 import datetime
-import io
+import io as _pyio
 import json
 import math
 import os
@@ -48,6 +52,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vfusion_jax import infer
+from vfusion_jax import io
 from vfusion_jax import logging_utils
 from vfusion_jax import metrics
 from vfusion_jax import windows
@@ -300,15 +305,13 @@ def tdiff_term(curr: np.ndarray, prev: np.ndarray) -> float:
 
 
 class _Writer:
-  """Makes the output folder's sub-folders on demand."""
+  """Makes the output folder's sub-folders on demand (a bucket has none to make)."""
 
-  def __init__(self, root: pathlib.Path):
+  def __init__(self, root: io.Path):
     self.root = root
 
-  def folder(self, *parts: str) -> pathlib.Path:
-    path = self.root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+  def folder(self, *parts: str) -> io.Path:
+    return io.makedirs(self.root.joinpath(*parts))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -354,10 +357,10 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
       fused = {MODEL: windows.fused_to_uint8(out['fusion'], options.fused_minmax)}
       if options.baselines:
         fused.update(baseline_frames(frame[ir_key], frame[vi_key]))
-      video_io.write_png_atomic(fusion_dir / name, fused[MODEL])
+      io.save_png(fusion_dir / name, fused[MODEL])
       restored = {k: windows.restored_to_uint8(out[k]) for k in ('ir', 'vi')}
       for k, folder in restored_dirs.items():
-        video_io.write_png_atomic(folder / name, restored[k])
+        io.save_png(folder / name, restored[k])
       if mp4 is not None:
         mp4.write(fused[MODEL])
       guide = metrics.rgb_to_gray(frame[VI_GT])
@@ -404,13 +407,13 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
               restoration=restoration_video, column=column, slice_column=col, input_intensity=input_intensity)
 
 
-def _check_output_dir(output_dir: pathlib.Path, overwrite: bool) -> None:
+def _check_output_dir(output_dir: io.Path, overwrite: bool) -> None:
   if output_dir.exists():
     if not output_dir.is_dir():
       raise ValueError(f'output {output_dir} exists and is not a folder')
     if any(output_dir.iterdir()) and not overwrite:
       raise FileExistsError(f'output folder {output_dir} is not empty; pass --overwrite to write into it')
-  elif not output_dir.parent.is_dir():
+  elif not io.is_remote(output_dir) and not output_dir.parent.is_dir():
     raise FileNotFoundError(f'the parent of output folder {output_dir} does not exist')
 
 
@@ -434,14 +437,18 @@ def evaluate(data: Any, output_dir: PathLike, *, checkpoint_dir: Optional[PathLi
     the summary written to metrics.json.
   """
   options = options or EvalOptions()
-  output_dir = pathlib.Path(output_dir)
+  for local_only in (data, tfds_data_dir):
+    if isinstance(local_only, (str, os.PathLike)) and io.is_remote(local_only):
+      raise ValueError(f'data {local_only}: evaluation reads datasets from local disk; mount the bucket with '
+                       'gcsfuse (docs/tpu.md) and pass the mounted folder')
+  output_dir = io.check_access(output_dir)
   _check_output_dir(output_dir, options.overwrite)
   if apply_fn is None:
     if checkpoint_dir is None:
       raise ValueError('pass checkpoint_dir (--checkpoint) or apply_fn')
     apply_fn, _, _ = infer.load_model(checkpoint_dir, model_config)
-  output_dir.mkdir(exist_ok=True)
   writer = _Writer(output_dir)
+  writer.folder()
   started = time.monotonic()
   results, notes = [], []
   for video in open_videos(data, split=options.split, videos=options.videos, max_frames=options.max_frames,
@@ -507,7 +514,7 @@ def _summarise(results: list, options: EvalOptions, data: Any, checkpoint_dir, n
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-  buffer = io.StringIO()
+  buffer = _pyio.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator='\n', extrasaction='ignore')
   writer.writeheader()
   for row in rows:
@@ -582,25 +589,25 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _write_tables(output_dir: pathlib.Path, results: list, summary: dict) -> None:
+def _write_tables(output_dir: io.Path, results: list, summary: dict) -> None:
   frame_columns = ['method', 'video', 'frame', 'frame_name', *FRAME_KEYS, *TEMPORAL_KEYS]
   frame_rows = [row for r in results for method_rows in r['rows'].values() for row in method_rows]
-  logging_utils.write_text_atomic(output_dir / 'metrics_per_frame.csv', _csv_text(frame_rows, frame_columns))
+  io.write_text(output_dir / 'metrics_per_frame.csv', _csv_text(frame_rows, frame_columns))
   video_columns = ['method', 'video', 'num_frames', *FRAME_KEYS, *TEMPORAL_KEYS]
   video_rows = [v for rows in summary['per_video'].values() for v in rows]
-  logging_utils.write_text_atomic(output_dir / 'metrics_per_video.csv', _csv_text(video_rows, video_columns))
+  io.write_text(output_dir / 'metrics_per_video.csv', _csv_text(video_rows, video_columns))
   mean_rows = [dict(method=m, **v) for m, v in summary['mean'].items()]
-  logging_utils.write_text_atomic(output_dir / 'metrics_mean.csv',
-                     _csv_text(mean_rows, ['method', 'num_videos', 'num_frames', *FRAME_KEYS, *TEMPORAL_KEYS]))
+  io.write_text(output_dir / 'metrics_mean.csv',
+                _csv_text(mean_rows, ['method', 'num_videos', 'num_frames', *FRAME_KEYS, *TEMPORAL_KEYS]))
   restoration_rows = [row for r in results for row in r['restoration_rows']]
   if restoration_rows:
-    logging_utils.write_text_atomic(output_dir / 'restoration_per_frame.csv',
-                       _csv_text(restoration_rows, ['video', 'frame', 'frame_name', *RESTORATION_KEYS]))
-    logging_utils.write_text_atomic(output_dir / 'restoration_per_video.csv',
-                       _csv_text(summary['restoration']['per_video'], ['video', 'num_frames', *RESTORATION_KEYS]))
+    io.write_text(output_dir / 'restoration_per_frame.csv',
+                  _csv_text(restoration_rows, ['video', 'frame', 'frame_name', *RESTORATION_KEYS]))
+    io.write_text(output_dir / 'restoration_per_video.csv',
+                  _csv_text(summary['restoration']['per_video'], ['video', 'num_frames', *RESTORATION_KEYS]))
   text = json.dumps(_map_floats(summary), indent=2, allow_nan=False, default=str)
-  logging_utils.write_text_atomic(output_dir / 'metrics.json', text + '\n')
-  logging_utils.write_text_atomic(output_dir / 'metrics.md', markdown_report(summary))
+  io.write_text(output_dir / 'metrics.json', text + '\n')
+  io.write_text(output_dir / 'metrics.md', markdown_report(summary))
 
 
 def _map_floats(value):
@@ -688,11 +695,9 @@ def column_slices(columns: Mapping[str, Sequence[np.ndarray]], column: int) -> n
   return np.asarray(image)
 
 
-def _write_plots(folder: pathlib.Path, video: str, result: Mapping[str, Any]) -> None:
-  from vfusion_jax import logging_utils  # pylint: disable=g-import-not-at-top
-
+def _write_plots(folder: io.Path, video: str, result: Mapping[str, Any]) -> None:
   series = {m: [r[INTENSITY] for r in rows] for m, rows in result['rows'].items()}
   series.update(result['input_intensity'])
   plot = line_plot(series, f'{video}: mean grey level of the fused frames', 'frame', 'mean grey (0-255)')
-  logging_utils.save_png(folder / f'{video}_intensity.png', plot)
-  logging_utils.save_png(folder / f'{video}_column.png', column_slices(result['column'], result['slice_column']))
+  io.save_png(folder / f'{video}_intensity.png', plot)
+  io.save_png(folder / f'{video}_column.png', column_slices(result['column'], result['slice_column']))

@@ -11,22 +11,20 @@ constants, so the file runs with JAX alone, without this project or Flax::
   out = exported.call(ir, vi)   # or jax.jit(exported.call)
 
 H and W must be multiples of 4 (pad with ``windows.pad_to_multiple`` and crop back), T >= 2. A JSON sidecar
-``<output>.json`` records the shapes, platforms, model config and versions. Both files are written under
-temporary names and renamed, and an existing output is only replaced with ``--overwrite``.
+``<output>.json`` records the shapes, platforms, model config and versions. Both files are written atomically
+(``vfusion_jax.io``; local or ``gs://``), and an existing output is only replaced with ``--overwrite``.
 """
 
 import json
-import os
-import pathlib
-import secrets
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from vfusion_jax import io
 from vfusion_jax import windows
 
-PathLike = Union[str, os.PathLike]
+PathLike = io.PathLike
 
 SIDECAR_SUFFIX = '.json'
 DEFAULT_PLATFORMS = ('cpu',)
@@ -81,21 +79,12 @@ def export_model(params: Any, model_config: Mapping[str, Any], window: Sequence[
   return jax.export.export(jax.jit(infer_fn), platforms=tuple(platforms))(ir_spec, vi_spec)
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-  tmp = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.partial')
-  try:
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
 def save_exported(exported: jax.export.Exported, path: PathLike, *, overwrite: bool = False,
-                  metadata: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+                  metadata: Optional[Mapping[str, Any]] = None) -> io.Path:
   """Writes ``exported.serialize()`` to ``path`` and a JSON sidecar ``<path>.json``; returns ``path``."""
-  path = pathlib.Path(path)
+  path = io.check_access(path)
   sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
-  if not path.parent.is_dir():
+  if not io.is_remote(path) and not path.parent.is_dir():
     raise FileNotFoundError(f'output directory {path.parent} does not exist')
   for target in (path, sidecar):
     if target.exists() and not overwrite:
@@ -109,8 +98,8 @@ def save_exported(exported: jax.export.Exported, path: PathLike, *, overwrite: b
       'usage': "jax.export.deserialize(open(path, 'rb').read()).call(ir, vi) -> {'fusion', 'ir', 'vi'}",
       **dict(metadata or {}),
   }
-  _write_atomic(path, bytes(exported.serialize()))
-  _write_atomic(sidecar, (json.dumps(info, indent=2, sort_keys=True, default=str) + '\n').encode('utf-8'))
+  io.write_bytes(path, bytes(exported.serialize()))
+  io.write_text(sidecar, json.dumps(info, indent=2, sort_keys=True, default=str) + '\n')
   return path
 
 
@@ -120,24 +109,24 @@ def _aval(aval) -> dict:
 
 def load_exported(path: PathLike) -> jax.export.Exported:
   """Reads a file written by ``save_exported`` (needs only JAX)."""
-  return jax.export.deserialize(bytearray(pathlib.Path(path).read_bytes()))
+  return jax.export.deserialize(bytearray(io.path(path).read_bytes()))
 
 
 def export_checkpoint(checkpoint_dir: PathLike, output: PathLike, window: Sequence[int], *, batch: int = 1,
                       ir_channels: int = 3, platforms: Sequence[str] = DEFAULT_PLATFORMS,
-                      model_config: Optional[Mapping[str, Any]] = None, overwrite: bool = False) -> pathlib.Path:
+                      model_config: Optional[Mapping[str, Any]] = None, overwrite: bool = False) -> io.Path:
   """Loads an inference checkpoint and writes its exported inference function to ``output``."""
   from vfusion_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
-  output = pathlib.Path(output)
+  output = io.check_access(output)
   if output.exists() and not overwrite:  # Fail before the slow export.
     raise FileExistsError(f'{output} already exists; pass --overwrite to replace it')
-  if not pathlib.Path(checkpoint_dir).is_dir():
+  if not io.check_access(checkpoint_dir).is_dir():
     raise FileNotFoundError(f'checkpoint {checkpoint_dir} does not exist')
   params, stored = checkpoint.load_inference_checkpoint(str(checkpoint_dir), model_config)
   exported = export_model(params, stored, window, batch=batch, ir_channels=ir_channels, platforms=platforms)
   return save_exported(exported, output, overwrite=overwrite, metadata={
-      'checkpoint': str(pathlib.Path(checkpoint_dir).resolve()),
+      'checkpoint': str(io.path(checkpoint_dir)),
       'model_config': checkpoint.model_config_to_dict(stored),
       'window': {'T': window[0], 'H': window[1], 'W': window[2]},
   })
@@ -167,9 +156,9 @@ def main(argv):
   try:
     path = export_checkpoint(f.checkpoint, f.output, parse_window(f.window), batch=f.batch,
                              ir_channels=int(f.ir_channels), platforms=f.platforms, overwrite=f.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
+  except (FileNotFoundError, FileExistsError, ValueError, io.StorageError) as e:
     raise SystemExit(f'error: {e}') from None
-  print(f'wrote {path} ({path.stat().st_size:,} bytes) and {path.name}{SIDECAR_SUFFIX}')
+  print(f'wrote {path} ({path.stat().length:,} bytes) and {path.name}{SIDECAR_SUFFIX}')
 
 
 if __name__ == '__main__':

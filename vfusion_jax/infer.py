@@ -13,8 +13,10 @@ overlapping tiles). IR may be grey or RGB: it enters the network as one MATLAB-g
 repeats to three equal channels as the release feeds IR (exact for grey frames, and it removes the chroma noise
 of decoded grey video); ``--noir_to_gray`` feeds RGB IR unchanged.
 
-Outputs are written to hidden temporary names and renamed when the whole run succeeded: a failed run leaves
-nothing under the final names, and existing outputs are never replaced without ``--overwrite``. Fused frames are
+Inputs, outputs and the checkpoint may be local or ``gs://`` (``vfusion_jax.io``). Outputs are staged under
+hidden names and published when the whole run succeeded (a rename locally; an upload or copy into place in a
+bucket): a failed run leaves nothing under the final names, and existing outputs are never replaced without
+``--overwrite``. Fused frames are
 saved as the release saves them (per-frame min-max stretch; ``--nofused_minmax`` for plain clipping), restored
 frames as ``round(255 * clip(x, 0, 1))``.
 """
@@ -22,23 +24,20 @@ frames as ``round(255 * clip(x, 0, 1))``.
 import dataclasses
 import itertools
 import math
-import os
-import pathlib
-import secrets
-import shutil
 import sys
 import time
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from absl import logging
 import numpy as np
 
+from vfusion_jax import io
 from vfusion_jax import logging_utils
 from vfusion_jax import metrics
 from vfusion_jax import windows
 from vfusion_jax.data import video_io
 
-PathLike = Union[str, os.PathLike]
+PathLike = io.PathLike
 
 VIDEO_SUFFIXES = ('.mp4', '.mkv', '.mov', '.avi', '.webm')
 DEFAULT_FPS = 30.0  # For video output from frame folders, which carry no frame rate.
@@ -61,7 +60,7 @@ def load_model(checkpoint_dir: PathLike, model_config: Optional[Mapping[str, Any
   from vfusion_jax import checkpoint  # pylint: disable=g-import-not-at-top  # JAX loads only when needed.
   from vfusion_jax import inference  # pylint: disable=g-import-not-at-top
 
-  path = pathlib.Path(checkpoint_dir)
+  path = io.check_access(checkpoint_dir)
   if not path.exists():
     raise FileNotFoundError(f'checkpoint {path} does not exist')
   if not path.is_dir():
@@ -94,12 +93,12 @@ class FrameInput:
     height, width: frame size.
     frame_paths: the PNG files of a folder, in order (empty for a video).
   """
-  path: pathlib.Path
+  path: io.Path
   num_frames: int
   fps: Optional[float]
   height: int
   width: int
-  frame_paths: tuple[pathlib.Path, ...] = ()
+  frame_paths: tuple[io.Path, ...] = ()
 
   @property
   def is_video(self) -> bool:
@@ -123,7 +122,7 @@ class FrameInput:
 
 def open_input(path: PathLike, what: str = 'input') -> FrameInput:
   """Opens a video file or PNG frame folder; ``what`` names it in errors ('IR', 'visible')."""
-  path = pathlib.Path(path)
+  path = io.check_access(path)
   if not path.exists():
     raise FileNotFoundError(f'{what} {path} does not exist')
   if path.is_dir():
@@ -200,16 +199,16 @@ def plan_frames(ir: FrameInput, vi: FrameInput, *, start_frame: int = 0, num_fra
 
 
 def is_video_path(path: PathLike) -> bool:
-  return pathlib.Path(path).suffix.lower() in VIDEO_SUFFIXES
+  return io.path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def check_output(path: PathLike, overwrite: bool, inputs: Sequence[PathLike] = ()) -> pathlib.Path:
+def check_output(path: PathLike, overwrite: bool, inputs: Sequence[PathLike] = ()) -> io.Path:
   """Fails early (before any work) if ``path`` cannot be written: exists, missing parent, or is an input."""
-  path = pathlib.Path(path)
+  path = io.check_access(path)
   for other in inputs:
-    if path.resolve() == pathlib.Path(other).resolve():
+    if path.resolve() == io.path(other).resolve():
       raise ValueError(f'output {path} is also an input')
-  if not path.parent.is_dir():
+  if not io.is_remote(path) and not path.parent.is_dir():
     raise FileNotFoundError(f'output directory {path.parent} does not exist')
   if path.exists() and not overwrite:
     raise FileExistsError(f'{path} already exists; pass --overwrite to replace it')
@@ -235,7 +234,7 @@ class FrameSink:
 class VideoSink(FrameSink):
   """Encodes frames into a video file (``video_io.VideoWriter``); odd sizes are edge-padded to even."""
 
-  def __init__(self, path: pathlib.Path, fps: float, overwrite: bool):
+  def __init__(self, path: io.Path, fps: float, overwrite: bool):
     self._writer = video_io.VideoWriter(path, fps, overwrite=overwrite)
     self._warned = False
 
@@ -258,36 +257,22 @@ class VideoSink(FrameSink):
 
 
 class FolderSink(FrameSink):
-  """Writes PNG frames into a hidden sibling folder renamed to ``path`` on commit."""
+  """Writes PNG frames into an ``io.StagedDirectory`` published as ``path`` on commit."""
 
-  def __init__(self, path: pathlib.Path, overwrite: bool):
-    self._path = path
-    self._overwrite = overwrite
-    self._staging = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.partial')
-    self._staging.mkdir()
+  def __init__(self, path: io.Path, overwrite: bool):
+    self._staged = io.StagedDirectory(path, overwrite=overwrite)
 
   def write(self, frame: np.ndarray, name: str) -> None:
-    video_io.write_png_atomic(self._staging / name, frame)
+    io.save_png(self._staged.path / name, frame)
 
   def commit(self) -> None:
-    if self._path.exists():
-      if not self._overwrite:
-        raise FileExistsError(f'{self._path} appeared while writing; refusing to overwrite it')
-      old = self._path.with_name(f'.{self._path.name}.{secrets.token_hex(4)}.old')
-      os.rename(self._path, old)
-      os.rename(self._staging, self._path)
-      if old.is_dir():
-        shutil.rmtree(old)
-      else:
-        old.unlink()
-    else:
-      os.rename(self._staging, self._path)
+    self._staged.commit()
 
   def abort(self) -> None:
-    shutil.rmtree(self._staging, ignore_errors=True)
+    self._staged.abort()
 
 
-def open_sink(path: pathlib.Path, fps: float, overwrite: bool) -> FrameSink:
+def open_sink(path: io.Path, fps: float, overwrite: bool) -> FrameSink:
   return VideoSink(path, fps, overwrite) if is_video_path(path) else FolderSink(path, overwrite)
 
 
@@ -492,7 +477,7 @@ def main(argv):
                         start_frame=f.start_frame, num_frames=f.num_frames, truncate=f.truncate,
                         ignore_fps_mismatch=f.ignore_fps_mismatch, fps=f.fps, overwrite=f.overwrite,
                         fused_minmax=f.fused_minmax, ir_to_gray=f.ir_to_gray, progress=f.progress)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
+  except (FileNotFoundError, FileExistsError, ValueError, io.StorageError) as e:
     raise SystemExit(f'error: {e}') from None
   print(f'wrote {result.num_frames} frames ({result.width}x{result.height}, {result.fps:g} fps) in '
         f'{result.seconds:.1f} s: ' + ', '.join(f'{k} -> {v}' for k, v in result.outputs.items()))

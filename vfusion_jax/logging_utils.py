@@ -2,13 +2,13 @@
 
 `clu.metric_writers` imports TensorFlow (STACK.md section A.2), so this module provides a small
 clu-compatible `MetricWriter` instead: absl log lines + a JSON-lines file + TensorBoard event files
-through tensorboardX (pure Python; its event file writer already runs on a background thread).
+through tensorboardX (pure Python; its event file writer already runs on a background thread). The workdir
+may be a bucket (``gs://``): the growing files live in an ``io.SyncedDir`` and are uploaded whole.
 """
 
 import json
 import math
 import os
-import pathlib
 import secrets
 import sys
 import threading
@@ -17,14 +17,18 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from absl import logging
 import numpy as np
-from PIL import Image
 
-PathLike = Union[str, os.PathLike]
+from vfusion_jax import io
+
+PathLike = io.PathLike
 
 METRICS_FILENAME = 'metrics.jsonl'
 HPARAMS_FILENAME = 'hparams.json'
 # How often (seconds) the tensorboardX background thread flushes event files to disk.
 TENSORBOARD_FLUSH_SECS = 30
+# For a workdir in a bucket: the least seconds between two uploads of the growing log files by write_scalars
+# (each upload rewrites whole objects); flush() and close() always upload.
+REMOTE_SYNC_SECS = 30
 # Pending tensorboardX events before `add_*` blocks until the background thread drains them.
 TENSORBOARD_MAX_QUEUE = 100
 # Significant digits of scalars in absl log lines.
@@ -90,41 +94,43 @@ class MetricWriter:
   """clu-style metric writer: absl log + `metrics.jsonl` + optional TensorBoard event files.
 
   Every `write_scalars` call appends one JSON object `{"step": s, name: value, ...}` to
-  `<workdir>/metrics.jsonl` (append mode, so resumed runs keep old lines; a step may repeat after a
-  resume). Images and text go to TensorBoard only; hyper-parameters also go to `hparams.json`.
-  With `enabled=False` (non-zero processes in multi-host runs) every method is a no-op and nothing is
-  created on disk.
+  `<workdir>/metrics.jsonl` (a resumed run keeps the old lines; a step may repeat after a resume). Images and
+  text go to TensorBoard only; hyper-parameters also go to `hparams.json`. With `enabled=False` (non-zero
+  processes in multi-host runs) every method is a no-op and nothing is created.
 
-  The JSONL file is flushed (not fsynced) after each write: one small write syscall per log step.
-  TensorBoard events are queued and written by tensorboardX's own background thread; `flush()` and
-  `close()` drain it.
+  A local workdir gets its files directly (the JSONL file is flushed, not fsynced, after each write). For a
+  workdir in a bucket, which has no append, the files grow in a local `io.SyncedDir` that is uploaded whole:
+  by `write_scalars` at most every `sync_secs`, and always by `flush()` and `close()`. Each upload replaces
+  the objects atomically, so after a crash the bucket holds complete lines up to the last upload.
   """
 
-  def __init__(self, workdir: PathLike, *, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir: PathLike, *, enabled: bool = True, tensorboard: bool = True,
+               sync_secs: float = REMOTE_SYNC_SECS):
     self._enabled = enabled
-    self._workdir = pathlib.Path(workdir)
+    self._workdir = io.path(workdir)
+    self._sync_secs = sync_secs
     self._lock = threading.Lock()
     self._jsonl = None
     self._tb = None
+    self._synced = None
     if not enabled:
       return
-    self._workdir.mkdir(parents=True, exist_ok=True)
-    metrics_path = self._workdir / METRICS_FILENAME
-    needs_newline = _ends_without_newline(metrics_path)
-    self._jsonl = open(metrics_path, 'a', encoding='utf-8')
-    if needs_newline:  # A crash cut the last line short: keep it on its own line.
-      self._jsonl.write('\n')
+    self._synced = io.SyncedDir(self._workdir)
+    self._jsonl = self._open_log(METRICS_FILENAME)
+    self._extra_logs = set()
     if tensorboard:
       import tensorboardX  # pylint: disable=g-import-not-at-top
+      # A random suffix: two runs started in the same second (a quick resume) must not share one event file.
       self._tb = tensorboardX.SummaryWriter(
-          logdir=str(self._workdir), flush_secs=TENSORBOARD_FLUSH_SECS, max_queue=TENSORBOARD_MAX_QUEUE)
+          logdir=str(self._synced.local), flush_secs=TENSORBOARD_FLUSH_SECS, max_queue=TENSORBOARD_MAX_QUEUE,
+          filename_suffix=f'.{secrets.token_hex(4)}')
 
   @property
   def enabled(self) -> bool:
     return self._enabled
 
   @property
-  def workdir(self) -> pathlib.Path:
+  def workdir(self) -> io.Path:
     return self._workdir
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
@@ -142,6 +148,30 @@ class MetricWriter:
       if self._tb is not None:
         for name, value in values.items():
           self._tb.add_scalar(name, value, global_step=step)
+      if self._synced.remote and time.monotonic() - self._synced.last_push >= self._sync_secs:
+        self._sync()
+
+  def _open_log(self, filename: str):
+    """Opens a JSON-lines file for appending, continuing the workdir's copy (a resumed run keeps its lines)."""
+    self._synced.pull(filename)
+    path = self._synced.local / filename
+    needs_newline = _ends_without_newline(path)
+    log = open(path, 'a', encoding='utf-8')
+    if needs_newline:  # A crash cut the last line short: keep it on its own line.
+      log.write('\n')
+    return log
+
+  def append_jsonl(self, filename: str, record: Mapping[str, Any]):
+    """Appends one JSON object to another JSON-lines file of the workdir (kept and uploaded like metrics.jsonl)."""
+    if not self._enabled:
+      return
+    with self._lock:
+      self._check_open()
+      if filename not in self._extra_logs:
+        self._open_log(filename).close()
+        self._extra_logs.add(filename)
+      with open(self._synced.local / filename, 'a', encoding='utf-8') as f:
+        f.write(json.dumps(dict(record)) + '\n')
 
   def write_images(self, step: int, images: Mapping[str, Any]):
     """Logs images: uint8 (or float in [0, 1]) arrays of shape (H,W,C) or (N,H,W,C), C in (1, 3).
@@ -187,7 +217,7 @@ class MetricWriter:
     logging.info('Hyper-parameters: %s', json.dumps(values, sort_keys=True))
     with self._lock:
       self._check_open()
-      write_text_atomic(self._workdir / HPARAMS_FILENAME, json.dumps(values, indent=2, sort_keys=True) + '\n')
+      io.write_text(self._workdir / HPARAMS_FILENAME, json.dumps(values, indent=2, sort_keys=True) + '\n')
       if self._tb is None:
         return
       from tensorboardX import summary  # pylint: disable=g-import-not-at-top
@@ -196,15 +226,21 @@ class MetricWriter:
       for proto in (experiment, session_start, session_end):
         file_writer.add_summary(proto)
 
+  def _sync(self):
+    """Writes pending TensorBoard events to the local files and uploads what changed (bucket workdirs)."""
+    if self._tb is not None:
+      self._tb.flush()
+    self._synced.push()
+
   def flush(self):
-    """Pushes everything written so far to disk (blocks until TensorBoard's queue is drained)."""
+    """Pushes everything written so far to the workdir (blocks until TensorBoard's queue is drained)."""
     if not self._enabled:
       return
     with self._lock:
       if self._jsonl is not None:
         self._jsonl.flush()
       if self._tb is not None:
-        self._tb.flush()
+        self._sync()
 
   def close(self):
     """Flushes and closes all files; later writes raise. Safe to call twice."""
@@ -217,6 +253,9 @@ class MetricWriter:
       if self._tb is not None:
         self._tb.close()
         self._tb = None
+      if self._synced is not None:
+        self._synced.close()
+        self._synced = None
 
   def _check_open(self):
     if self._jsonl is None:
@@ -229,8 +268,8 @@ class MetricWriter:
     self.close()
 
 
-def _ends_without_newline(path: pathlib.Path) -> bool:
-  """True if `path` exists, is non-empty and its last byte is not a newline."""
+def _ends_without_newline(path: io.PathLike) -> bool:
+  """True if the local file `path` exists, is non-empty and its last byte is not a newline."""
   try:
     with open(path, 'rb') as f:
       f.seek(0, os.SEEK_END)
@@ -242,28 +281,18 @@ def _ends_without_newline(path: pathlib.Path) -> bool:
     return False
 
 
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes ``text`` to ``path`` through a temporary sibling and a rename: never a half-written file."""
-  tmp = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.tmp')
-  try:
-    tmp.write_text(text, encoding='utf-8')
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
 def read_metrics(workdir_or_file: PathLike) -> list[dict[str, Any]]:
-  """Reads `metrics.jsonl` (given its workdir or the file itself) into a list of dicts.
+  """Reads `metrics.jsonl` (given its workdir or the file itself, local or ``gs://``) into a list of dicts.
 
   Lines that do not parse (a line cut short by a crash) are skipped with a warning.
   """
-  path = pathlib.Path(workdir_or_file)
+  path = io.path(workdir_or_file)
   if path.is_dir():
     path = path / METRICS_FILENAME
   if not path.is_file():
     raise FileNotFoundError(f'No metrics file at {path}.')
   records = []
-  with open(path, encoding='utf-8') as f:
+  with path.open('r') as f:
     for line_number, line in enumerate(f, start=1):
       line = line.strip()
       if not line:
@@ -395,22 +424,3 @@ def image_strip(rows: Sequence[Sequence[Any]], *, separator: int = SEPARATOR_PX,
       y, x = r * (height + separator), c * (width + separator)
       out[y:y + height, x:x + width] = panel
   return out
-
-
-def save_png(path: PathLike, image: np.ndarray):
-  """Writes a uint8 (H,W), (H,W,1) or (H,W,3) image as PNG atomically (temp file + rename)."""
-  array = np.asarray(image)
-  if array.dtype != np.uint8:
-    raise ValueError(f'save_png expects uint8, got {array.dtype} for {path}.')
-  if array.ndim == 3 and array.shape[-1] == 1:
-    array = array[..., 0]
-  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
-    raise ValueError(f'save_png expects (H,W), (H,W,1) or (H,W,3), got {array.shape} for {path}.')
-  path = pathlib.Path(path)
-  tmp = path.with_name(f'.{path.name}.{secrets.token_hex(4)}.tmp')
-  try:
-    Image.fromarray(array).save(tmp, format='PNG')
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-

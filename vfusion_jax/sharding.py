@@ -54,18 +54,22 @@ DEFAULT_FSDP_MIN_SIZE = 2 ** 14
 Rules = Sequence[tuple[str, Optional[str]]]
 
 
+class MeshError(ValueError):
+  """The config's mesh does not fit the devices, the batch or the clip length; the message says how to fix it."""
+
+
 def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, int]:
   """Resolves {'data': d, 'time': t} with at most one -1 ('all remaining devices') to a concrete shape."""
   sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f'at most one mesh axis may be -1; got {dict(zip(MESH_AXES, sizes))}')
+    raise MeshError(f'at most one mesh axis may be -1; got {dict(zip(MESH_AXES, sizes))}')
   if -1 in sizes:
     known = int(np.prod([s for s in sizes if s != -1]))
     if num_devices % known:
-      raise ValueError(f'{num_devices} devices cannot be split into a mesh with fixed axes of size {known}')
+      raise MeshError(f'{num_devices} devices cannot be split into a mesh with fixed axes of size {known}')
     sizes[sizes.index(-1)] = num_devices // known
   if int(np.prod(sizes)) != num_devices:
-    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices; '
+    raise MeshError(f'mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices; '
                      f'{num_devices} are available')
   return tuple(sizes)
 
@@ -87,12 +91,15 @@ def clip_sharding(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES) -> Name
 
 
 def check_batch_fits(mesh: Mesh, batch_size: int, num_frames: int) -> None:
-  """Raises ValueError if the global batch or clip length does not divide over the mesh."""
+  """Raises MeshError if the global batch or clip length does not divide over the mesh."""
   d, t = mesh.shape[DATA_AXIS], mesh.shape[TIME_AXIS]
   if batch_size % d:
-    raise ValueError(f'batch_size {batch_size} is not divisible by the data axis ({d} devices)')
+    raise MeshError(f'batch_size {batch_size} is not divisible by the data axis ({d} devices): set '
+                    f'--config.batch_size to a multiple of {d}, or move devices to the time axis '
+                    f'(--config.mesh.time=T --config.mesh.data=-1, with num_frames a multiple of T)')
   if num_frames % t:
-    raise ValueError(f'num_frames {num_frames} is not divisible by the time axis ({t} devices)')
+    raise MeshError(f'num_frames {num_frames} is not divisible by the time axis ({t} devices): set '
+                    f'--config.num_frames to a multiple of {t} or a smaller --config.mesh.time')
 
 
 def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh,

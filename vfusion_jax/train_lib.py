@@ -6,7 +6,6 @@
 
 import json
 import os
-import signal
 import time
 from typing import Any, Callable
 
@@ -21,9 +20,11 @@ from clu import metrics as clu_metrics
 from clu import parameter_overview
 
 from vfusion_jax import checkpoint
+from vfusion_jax import io
 from vfusion_jax import logging_utils
 from vfusion_jax import losses
 from vfusion_jax import optim
+from vfusion_jax import preemption
 from vfusion_jax import sharding
 from vfusion_jax.data import pipeline
 from vfusion_jax.models import VideoFusion
@@ -96,6 +97,11 @@ def make_train_source(config: ml_collections.ConfigDict):
         frames_per_example=data.frames_per_example, height=data.height, width=data.width, seed=data.seed)
   if source == 'tfds':
     data_dir = data.get('data_dir')
+    if data_dir and io.is_remote(data_dir):
+      raise DataNotFoundError(
+          f'config.data.data_dir={data_dir}: the input pipeline reads ArrayRecord files from a local path. Mount '
+          f'the bucket on every host with gcsfuse (`gcsfuse --implicit-dirs BUCKET /mnt/BUCKET`, docs/tpu.md) '
+          f'and pass the mounted folder, e.g. --config.data.data_dir=/mnt/BUCKET/...')
     try:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
       decoders = None
@@ -131,40 +137,72 @@ def make_train_iterator(config: ml_collections.ConfigDict):
   return pipeline.make_iterator(dataset, num_workers=data.get('num_workers', 0))
 
 
-def _metric_collection(keys):
-  return clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in keys})
+class _MetricAverages:
+  """Averages the step metrics on the devices between log steps (clu.metrics), so no step waits for the host.
 
-
-def _preview_strip(outputs: dict, batch: dict) -> np.ndarray:
-  """IR in | visible in | fused | restored IR | restored visible, for the middle frame of each clip."""
-  mid = batch['vi_lq'].shape[1] // 2
-  rows = []
-  for b in range(batch['vi_lq'].shape[0]):
-    rows.append([np.asarray(batch['ir_lq'][b, mid]), np.asarray(batch['vi_lq'][b, mid]),
-                 np.asarray(outputs['fusion'][b, mid]), np.asarray(outputs['ir'][b, mid]),
-                 np.asarray(outputs['vi'][b, mid])])
-  return logging_utils.image_strip(rows)
-
-
-class _StopRequest:
-  """Turns SIGTERM/SIGINT (a preempted Cloud TPU VM, Ctrl-C) into a flag read at step boundaries."""
+  Each step's metrics are merged by a jitted ``Collection.merge`` (dispatched asynchronously, like the step);
+  the per-step ``finite`` flags and losses are kept as device scalars. Only ``compute`` and ``first_nonfinite``
+  (at log and checkpoint steps) wait for the device.
+  """
 
   def __init__(self):
-    self.signal = None
-    self._previous = {}
+    self._merge = None
+    self._single = None
+    self._accumulated = None
+    self._checks = []  # (step, finite, loss) as device scalars, since the last first_nonfinite()
 
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
+  def add(self, step: int, metrics: dict) -> None:
+    values = {k: v for k, v in metrics.items() if k != 'finite'}
+    if self._merge is None:
+      collection = clu_metrics.Collection.create(**{k: clu_metrics.Average.from_output(k) for k in values})
+      self._single = jax.jit(lambda m: collection.single_from_model_output(**m))
+      self._merge = jax.jit(lambda acc, m: acc.merge(collection.single_from_model_output(**m)))
+    self._accumulated = (self._single(values) if self._accumulated is None
+                         else self._merge(self._accumulated, values))
+    self._checks.append((step, metrics['finite'], metrics['loss']))
 
-  def _handle(self, signum, frame):
-    del frame
-    self.signal = signum
+  def first_nonfinite(self):
+    """(step, loss) of the first step since the last call whose loss was not finite, else None."""
+    checks, self._checks = jax.device_get(self._checks), []
+    return next(((step, float(loss)) for step, finite, loss in checks if not finite), None)
 
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+  def compute(self) -> dict:
+    """The averages since the last call, as Python floats."""
+    scalars = {k: float(v) for k, v in self._accumulated.compute().items()}
+    self._accumulated = None
+    return scalars
+
+
+def _preview_strip(preview: dict) -> np.ndarray:
+  """IR in | visible in | fused | restored IR | restored visible, one row per clip (its middle frame)."""
+  keys = ('ir_lq', 'vi_lq', 'fusion', 'ir', 'vi')
+  return logging_utils.image_strip([[np.asarray(preview[k][b]) for k in keys]
+                                    for b in range(preview['vi_lq'].shape[0])])
+
+
+def make_preview_fn(model: VideoFusion, replicated: jax.sharding.NamedSharding) -> Callable:
+  """``(params, batch) -> middle frames`` of the inputs and outputs, replicated on every device.
+
+  Every process calls it on the global batch (a jitted computation needs all of them); the result is whole on
+  every host, so process 0 can write it.
+  """
+
+  def preview(params, batch):
+    outputs = model.apply({'params': params}, batch['ir_lq'], batch['vi_lq'])
+    mid = batch['vi_lq'].shape[1] // 2
+    frames = {k: batch[k][:, mid] for k in ('ir_lq', 'vi_lq')}
+    frames.update({k: outputs[k][:, mid].astype(jnp.float32) for k in ('fusion', 'ir', 'vi')})
+    return frames
+
+  return jax.jit(preview, out_shardings=replicated)
+
+
+def host_params(params: Any) -> Any:
+  """The params as numpy arrays on this host; with several processes every process must call it."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return multihost_utils.process_allgather(params, tiled=True)
+  return jax.device_get(params)
 
 
 def _log_compiled(compiled) -> None:
@@ -249,20 +287,27 @@ class ShardedTrainStep:
       return self.step.lower(state, batch, rng).compile()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains ``config`` in ``workdir``, resuming from the latest checkpoint there if any."""
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+PREVIEWS_DIR = 'previews'
+BATCH_DIGESTS_FILE = 'batch_digests.jsonl'
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike) -> TrainState:
+  """Trains ``config`` in ``workdir`` (local or ``gs://``), resuming from the latest checkpoint there if any.
+
+  Every process runs this. Only process 0 writes logs and previews; every process joins the checkpoint saves,
+  the previews' forward pass and the stop agreement (``preemption.StopSignal``). The host waits for the device
+  only at log, preview and checkpoint steps.
+  """
+  workdir = io.check_access(workdir, create=True)  # a clear error line before any compilation
   is_main = jax.process_index() == 0
+  iterator = make_train_iterator(config)
 
   mesh = sharding.make_mesh(config.mesh)
   setup = ShardedTrainStep(config, mesh)
-  model = setup.model
   repl = setup.replicated
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
 
-  iterator = make_train_iterator(config)
   manager = checkpoint.training_manager(workdir, max_to_keep=config.get('keep_checkpoints', 3))
   latest = manager.latest_step()
   if latest is not None:
@@ -278,61 +323,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   writer = logging_utils.MetricWriter(workdir, enabled=is_main)
   if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    io.write_text(workdir / 'config.json', config.to_json_best_effort(indent=2))
     logging.info('Parameters:\n%s', parameter_overview.get_parameter_overview(state.params))
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
-  predict = jax.jit(lambda p, ir, vi: model.apply({'params': p}, ir, vi))
+  preview_every = config.get('preview_every_steps', 0)
+  preview_fn = make_preview_fn(setup.model, repl) if preview_every else None
   progress = logging_utils.ProgressLine(config.total_steps, batch_size=config.batch_size, start_step=start_step,
-                                        print_fn=print if is_main else (lambda *_: None))
-  digests_path = os.path.join(workdir, 'batch_digests.jsonl') if config.get('log_batch_digests') else None
+                                        print_fn=None if is_main else (lambda *_: None))
+  log_digests = bool(config.get('log_batch_digests'))
   hang_step = config.get('debug_hang_after_checkpoint_step', 0)
+  averages = _MetricAverages()
 
-  def save(step):
-    meta = {'step': step, 'config': json.loads(config.to_json_best_effort())}
-    checkpoint.save_training(manager, step, state.params, state.opt_state, meta, iterator)
+  def check_finite(step):
+    bad = averages.first_nonfinite()
+    if bad is None:
+      return
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    writer.close()
+    seen = f' (seen at step {step})' if bad[0] != step else ''
+    raise FloatingPointError(
+        f'the loss became {bad[1]} at step {bad[0]}{seen}; training stopped. Nothing after step {last} was '
+        f'saved: the last good checkpoint is step {last} in {manager.directory}.')
 
-  accumulated = None
   compiled_step = None
   step = start_step
-  with _StopRequest() as stop:
+  with preemption.StopSignal(manager) as stop:
     while step < config.total_steps:
       host_batch = next(iterator)
-      if digests_path and is_main:
-        with open(digests_path, 'a') as f:
-          f.write(json.dumps({'step': step + 1, 'digest': _batch_digest(host_batch)}) + '\n')
+      if log_digests:
+        writer.append_jsonl(BATCH_DIGESTS_FILE, {'step': step + 1, 'digest': _batch_digest(host_batch)})
       batch = setup.global_batch(host_batch)
       if compiled_step is None:  # compile once, up front, and report what the step needs
         compiled_step = setup.compile(state, batch, step_rng)
         _log_compiled(compiled_step)
       state, metrics = compiled_step(state, batch, jax.random.fold_in(step_rng, step))
-      if not bool(metrics['finite']):
-        manager.wait_until_finished()
-        last = manager.latest_step()
-        writer.close()
-        raise FloatingPointError(
-            f'the loss became {float(metrics["loss"])} at step {step + 1}; training stopped. The state of step '
-            f'{step} was kept and not saved; the last good checkpoint is step {last} in {manager.directory}.')
       step += 1
-      metrics = {k: v for k, v in metrics.items() if k != 'finite'}
-      update = _metric_collection(metrics).single_from_model_output(**metrics)
-      accumulated = update if accumulated is None else accumulated.merge(update)
-      if step % config.log_every_steps == 0 or step == config.total_steps:
-        scalars = {k: float(v) for k, v in accumulated.compute().items()}
-        accumulated = None
+      averages.add(step, metrics)
+      last_step = step == config.total_steps
+      stopping = stop.should_stop(step)
+      if step % config.log_every_steps == 0 or last_step:
+        check_finite(step)
+        scalars = averages.compute()
         progress(step, scalars)
         scalars.update(progress.last_rates)
         writer.write_scalars(step, scalars)
-      preview_every = config.get('preview_every_steps', 0)
-      if is_main and preview_every and (step % preview_every == 0 or step == config.total_steps):
-        outputs = predict(state.params, batch['ir_lq'], batch['vi_lq'])
-        writer.write_images(step, {'preview': _preview_strip(jax.device_get(outputs), jax.device_get(batch))})
-      preempted = stop.signal is not None
-      if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
-        save(step)
-      if preempted:
-        logging.warning('Signal %d received: saved step %d, exiting.', stop.signal, step)
+      if preview_every and (step % preview_every == 0 or last_step):
+        with sharding.activation_rules(mesh, setup.rules):
+          preview = preview_fn(state.params, batch)
+        if is_main:
+          strip = _preview_strip(jax.device_get(preview))
+          writer.write_images(step, {'preview': strip})
+          io.save_png(io.makedirs(workdir / PREVIEWS_DIR) / f'{step:08d}.png', strip)
+      if step % config.checkpoint_every_steps == 0 or last_step or stopping:
+        check_finite(step)
+        meta = {'step': step, 'config': json.loads(config.to_json_best_effort())}
+        checkpoint.save_training(manager, step, state.params, state.opt_state, meta, iterator)
+        writer.flush()
+      if stopping:
+        logging.warning('Stop requested (signal %s here): saved step %d, exiting.', stop.signal, step)
+        print(f'stop requested: saved step {step}, exiting', flush=True)
         break
       if hang_step and step == hang_step:  # test hook: stay alive after this checkpoint so a test can SIGKILL
         manager.wait_until_finished()
@@ -347,7 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   return state
 
 
-def write_preview(config: ml_collections.ConfigDict, workdir: str, params: Any) -> dict:
+def write_preview(config: ml_collections.ConfigDict, workdir: io.PathLike, params: Any) -> dict:
   """Fuses a held-out synthetic video and writes ``preview.png`` (middle frame) and ``preview.mp4``.
 
   Panels, left to right: degraded IR | degraded visible | fused | restored IR | restored visible. The video is
@@ -374,10 +425,11 @@ def write_preview(config: ml_collections.ConfigDict, workdir: str, params: Any) 
   panels = [np.repeat(ir_lq, 3, -1), vi_lq, outputs['fusion'], outputs['ir'], outputs['vi']]
   video = np.concatenate(panels, axis=2)
   video_u8 = np.round(np.clip(video, 0, 1) * 255).astype(np.uint8)
-  png_path = os.path.join(workdir, 'preview.png')
+  workdir = io.path(workdir)
+  png_path = workdir / 'preview.png'
   mid = frames // 2
-  logging_utils.save_png(png_path, logging_utils.image_strip([[p[mid] for p in panels]]))
-  mp4_path = os.path.join(workdir, 'preview.mp4')
+  io.save_png(png_path, logging_utils.image_strip([[p[mid] for p in panels]]))
+  mp4_path = workdir / 'preview.mp4'
   with video_io.VideoWriter(mp4_path, fps=10, overwrite=True) as writer:
     for frame in video_u8:
       writer.write(frame)
@@ -410,13 +462,15 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> bool:
   return jax.process_count() > 1
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def run(config: ml_collections.ConfigDict, workdir: io.PathLike) -> TrainState:
   """Entry point of train.py: trains, then writes the fused preview when the config asks for one."""
   from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.enable_compilation_cache()
   maybe_initialize_distributed(config)
   state = train_and_evaluate(config, workdir)
-  if config.get('preview_video_frames') and jax.process_index() == 0 and int(state.step) >= config.total_steps:
-    paths = write_preview(config, workdir, jax.device_get(state.params))
-    print(f'preview: {paths["png"]} {paths["mp4"]}')
+  if config.get('preview_video_frames') and int(state.step) >= config.total_steps:
+    params = host_params(state.params)  # every process joins the gather
+    if jax.process_index() == 0:
+      paths = write_preview(config, workdir, params)
+      print(f'preview: {paths["png"]} {paths["mp4"]}')
   return state

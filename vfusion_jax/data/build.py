@@ -16,12 +16,15 @@ import hashlib
 import os
 import pathlib
 import sys
+import tempfile
 from typing import Any, Optional, Sequence, Union
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from vfusion_jax import io
+from vfusion_jax.data import pipeline
 from vfusion_jax.data import sources
 
 PathLike = Union[str, os.PathLike]
@@ -109,9 +112,13 @@ def build(manual_dir: PathLike, data_dir: PathLike, *, num_shards: Optional[int]
     raise FileNotFoundError(f'No such manual_dir: {manual_dir}')
   if num_shards is not None and num_shards < 1:
     raise ValueError(f'num_shards must be >= 1, got {num_shards}')
+  builder_config = make_config(config, **overrides)
+  if io.is_remote(data_dir):
+    return _build_into_bucket(manual_dir, io.check_access(data_dir), builder_config, num_shards=num_shards,
+                              skip_bad_videos=skip_bad_videos, overwrite=overwrite,
+                              max_examples_per_split=max_examples_per_split)
   module = builder_module()
-  builder = module.Builder(config=make_config(config, **overrides), data_dir=os.fspath(data_dir),
-                           skip_bad_videos=skip_bad_videos)
+  builder = module.Builder(config=builder_config, data_dir=os.fspath(data_dir), skip_bad_videos=skip_bad_videos)
   mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), num_shards=num_shards,
@@ -124,6 +131,36 @@ def build(manual_dir: PathLike, data_dir: PathLike, *, num_shards: Optional[int]
       raise
     raise ValueError(f'{e}: every split needs at least num_shards examples (chunks); lower --num_shards') from e
   return builder
+
+
+def _build_into_bucket(manual_dir: pathlib.Path, data_dir: io.Path, builder_config, *, overwrite: bool,
+                       **options: Any):
+  """Builds in a local temporary folder and uploads the version folder, ``dataset_info.json`` last.
+
+  The ArrayRecord writer writes local files only, and TFDS reads a dataset only once its dataset_info.json
+  exists, so a stopped upload never reads as a dataset. Returns the builder of the uploaded records.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  module = builder_module()
+  probe = module.Builder(config=builder_config, data_dir=os.fspath(data_dir))
+  relative = os.path.relpath(os.fspath(probe.data_dir), os.fspath(data_dir))  # <name>/<config>/<version>
+  target = data_dir / relative
+  if (target / pipeline.TFDS_INFO_FILE).exists() and not overwrite:
+    logging.info('%s already holds the records; pass --overwrite to rebuild', target)
+    return tfds.builder_from_directory(os.fspath(target))
+  with tempfile.TemporaryDirectory(prefix='vfusion_build_') as local_dir:
+    local = build(manual_dir, local_dir, config=builder_config.name, overwrite=True,
+                  **options, **_config_overrides(builder_config))
+    io.publish_directory(local.data_dir, target, overwrite=True, commit_last=(pipeline.TFDS_INFO_FILE,))
+  return tfds.builder_from_directory(os.fspath(target))
+
+
+def _config_overrides(builder_config) -> dict[str, Any]:
+  """The M3svdConfig fields of ``builder_config`` that differ from the default config's."""
+  module = builder_module()
+  default = module.M3svdConfig(name=DEFAULT_CONFIG_NAME)
+  return {field: getattr(builder_config, field) for field in module.config_field_names()
+          if getattr(builder_config, field) != getattr(default, field)}
 
 
 def _define_flags():
@@ -158,7 +195,7 @@ def main(argv: Sequence[str]):
                     skip_bad_videos=args.skip_bad_videos, overwrite=args.overwrite,
                     max_examples_per_split=args.max_examples_per_split, config=args.config_name,
                     **_overrides_from_flags())
-  except (FileNotFoundError, ValueError) as e:  # sources.DataError is a ValueError.
+  except (FileNotFoundError, FileExistsError, ValueError, io.StorageError) as e:  # DataError is a ValueError.
     raise SystemExit(f'error: {e}') from None
   splits = {name: info.num_examples for name, info in builder.info.splits.items()}
   name = DATASET_NAME if builder.builder_config.name == DEFAULT_CONFIG_NAME else (

@@ -33,6 +33,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from vfusion_jax import io
 from vfusion_jax.data import degrade
 from vfusion_jax.data import sources
 
@@ -205,10 +206,7 @@ def write_report(report: dict[str, Any], output: Optional[PathLike]):
   if output is None:
     sys.stdout.write(text)
     return
-  output = pathlib.Path(output)
-  tmp = output.with_name(f'.{output.name}.partial')
-  tmp.write_text(text)
-  os.replace(tmp, output)
+  io.write_text(output, text)
 
 
 def _define_flags():

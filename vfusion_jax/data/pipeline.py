@@ -21,6 +21,8 @@ import dataclasses
 import functools
 import os
 import pathlib
+import threading
+import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import grain
@@ -185,11 +187,33 @@ def train_dataset(source: Any, *, batch_size: int, num_frames: int, crop_size: i
   return ds.batch(batch_size // process_count, drop_remainder=True)
 
 
+# Seconds between a worker's checks that the process that started it is still alive.
+PARENT_CHECK_INTERVAL_S = 1.0
+
+
+def _watch_parent(parent_pid: int, interval_s: float) -> None:
+  while os.getppid() == parent_pid:
+    time.sleep(interval_s)
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> None:
+  """grain worker start-up: end this worker once its parent is gone.
+
+  A training process killed by SIGKILL (the OOM killer, a crash, a test) cannot stop its grain workers, which
+  would otherwise live on holding their memory, one set per restart.
+  """
+  del worker_index, worker_count
+  threading.Thread(target=_watch_parent, args=(parent_pid, PARENT_CHECK_INTERVAL_S), daemon=True,
+                   name='watch_parent').start()
+
+
 def make_iterator(dataset: grain.MapDataset, *, num_workers: int = 0, prefetch: int = 2):
   """A checkpointable iterator (``get_state``/``set_state``); ``num_workers`` > 0 uses worker processes."""
   ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
   if num_workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                        worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
   return iter(ds)
 
 

@@ -8,16 +8,14 @@ not grow with the video length. It decodes from the start of the file and skips 
 (exact for any stream, but costs O(start) decode time): to process a long video in windows, iterate once
 and keep a buffer rather than calling it again with a growing `start`.
 
-Writing is atomic: `VideoWriter` and `write_png_atomic` write to a hidden temporary file in the target
-directory and rename it on success, so a crashed run never leaves a half-written file under the final name.
+Paths may be local or ``gs://`` (``vfusion_jax.io``). Writing is atomic: `VideoWriter` encodes into an
+``io.StagedFile`` published on success (a rename locally, one object upload in a bucket) and PNG frames are
+written with ``io.save_png``, so a crashed run never leaves a half-written file under the final name.
 """
 
 import dataclasses
 import fractions
-import os
-import pathlib
 import re
-import secrets
 from typing import Iterator, Optional, Union
 
 from absl import logging
@@ -26,7 +24,9 @@ from av.video.reformatter import Interpolation
 import numpy as np
 from PIL import Image
 
-PathLike = Union[str, os.PathLike]
+from vfusion_jax import io
+
+PathLike = io.PathLike
 
 DEFAULT_CODEC = 'libx264'
 FALLBACK_CODEC = 'mpeg4'
@@ -62,8 +62,8 @@ class VideoInfo:
   width: int
 
 
-def _check_file(path: PathLike) -> pathlib.Path:
-  path = pathlib.Path(path)
+def _check_file(path: PathLike) -> io.Path:
+  path = io.path(path)
   if not path.exists():
     raise FileNotFoundError(f'No such file: {path}')
   if not path.is_file():
@@ -71,10 +71,10 @@ def _check_file(path: PathLike) -> pathlib.Path:
   return path
 
 
-def _open_input(path: pathlib.Path):
-  """Opens a container for reading; returns (container, first video stream)."""
+def _open_input(path: io.Path):
+  """Opens a container for reading (a bucket object through a seekable file); returns (container, stream)."""
   try:
-    container = av.open(str(path), mode='r')
+    container = av.open(path.open('rb') if io.is_remote(path) else str(path), mode='r')
   except av.FFmpegError as e:
     raise ValueError(f'Cannot read video {path}: {e}') from e
   if not container.streams.video:
@@ -128,7 +128,7 @@ def iter_video_frames(path: PathLike, start: int = 0, count: Optional[int] = Non
   return _decode_frames(path, start, stop)
 
 
-def _decode_frames(path: pathlib.Path, start: int, stop: Optional[int]) -> Iterator[np.ndarray]:
+def _decode_frames(path: io.Path, start: int, stop: Optional[int]) -> Iterator[np.ndarray]:
   """Generator behind `iter_video_frames` (kept separate so argument errors raise at call time)."""
   if stop is not None and stop <= start:
     return
@@ -182,17 +182,12 @@ def _as_rgb_frame(frame: np.ndarray, what: str) -> np.ndarray:
   return np.ascontiguousarray(array)
 
 
-def _temp_path(path: pathlib.Path) -> pathlib.Path:
-  """Hidden sibling of `path` keeping its suffix (FFmpeg picks the container format from it)."""
-  return path.with_name(f'.{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}')
-
-
 class VideoWriter:
-  """Encodes uint8 (H, W, 3) RGB frames into a video file, atomically.
+  """Encodes uint8 (H, W, 3) RGB frames into a video file (local or ``gs://``), atomically.
 
-  Frames go to a hidden temporary file next to `path`, renamed to `path` by a successful `close()`.
-  Leaving a `with` block through an exception (or calling `abort()`) deletes the temporary file, so
-  `path` never holds a half-written video. The frame size is taken from the first frame and must be
+  Frames go to an ``io.StagedFile`` (a hidden sibling of `path`, or a local temporary file for a bucket),
+  published to `path` by a successful `close()`. Leaving a `with` block through an exception (or calling
+  `abort()`) deletes the temporary file, so `path` never holds a half-written video. The frame size is taken from the first frame and must be
   even (4:2:0 chroma). An existing `path` raises FileExistsError unless `overwrite=True`.
 
   Example:
@@ -211,10 +206,10 @@ class VideoWriter:
       qscale: mpeg4 quality (fixed quantiser, lower is better).
       overwrite: replace an existing file at `path`.
     """
-    self._path = pathlib.Path(path)
+    self._path = io.path(path)
     if fps <= 0:
       raise ValueError(f'fps must be positive, got {fps} for {self._path}')
-    if not self._path.parent.is_dir():
+    if not io.is_remote(self._path) and not self._path.parent.is_dir():
       raise FileNotFoundError(f'Output directory does not exist: {self._path.parent}')
     if self._path.exists() and not overwrite:
       raise FileExistsError(f'Refusing to overwrite existing file {self._path} (pass overwrite=True).')
@@ -229,7 +224,7 @@ class VideoWriter:
     else:
       self._options = {}
     self._overwrite = overwrite
-    self._tmp_path = _temp_path(self._path)
+    self._staged = io.StagedFile(self._path)
     self._container = None
     self._stream = None
     self._shape = None
@@ -237,7 +232,7 @@ class VideoWriter:
     self._closed = False
 
   @property
-  def path(self) -> pathlib.Path:
+  def path(self) -> io.Path:
     return self._path
 
   @property
@@ -253,7 +248,7 @@ class VideoWriter:
     if height % 2 or width % 2:
       raise ValueError(f'{self._path}: {PIXEL_FORMAT} needs even frame sizes, got {height}x{width}')
     try:
-      self._container = av.open(str(self._tmp_path), mode='w')
+      self._container = av.open(str(self._staged.local), mode='w')
       self._stream = self._container.add_stream(self._codec, rate=self._fps, options=self._options)
     except av.FFmpegError as e:
       self.abort()
@@ -290,7 +285,7 @@ class VideoWriter:
       self._container = None
       if self._path.exists() and not self._overwrite:
         raise FileExistsError(f'{self._path} appeared while writing; refusing to overwrite it.')
-      os.replace(self._tmp_path, self._path)
+      self._staged.publish()
     except BaseException:
       self.abort()
       raise
@@ -305,7 +300,7 @@ class VideoWriter:
       except av.FFmpegError:
         pass  # The file is deleted next; encoder errors do not matter any more.
       self._container = None
-    self._tmp_path.unlink(missing_ok=True)
+    self._staged.discard()
 
   def __enter__(self) -> 'VideoWriter':
     return self
@@ -317,18 +312,18 @@ class VideoWriter:
       self.abort()
 
 
-def _natural_key(path: pathlib.Path):
+def _natural_key(path: io.Path):
   """Sort key comparing digit runs numerically: 2.png < 10.png, 0009.png < 0010.png."""
   return [(0, int(part), part) if part.isdigit() else (1, 0, part.lower())
           for part in re.split(r'(\d+)', path.name)]
 
 
-def read_frame_folder(directory: PathLike) -> list[pathlib.Path]:
-  """Returns the PNG files of a frame folder (0000.png, 000001.png, ...) in natural order.
+def read_frame_folder(directory: PathLike) -> list[io.Path]:
+  """Returns the PNG files of a frame folder (0000.png, 000001.png, ...; local or ``gs://``) in natural order.
 
   Raises FileNotFoundError if `directory` does not exist and ValueError if it holds no PNG.
   """
-  directory = pathlib.Path(directory)
+  directory = io.path(directory)
   if not directory.is_dir():
     raise FileNotFoundError(f'No such frame folder: {directory}')
   paths = [p for p in directory.iterdir() if p.suffix.lower() == _PNG_SUFFIX and p.is_file()]
@@ -344,7 +339,7 @@ def load_png(path: PathLike) -> np.ndarray:
   """
   path = _check_file(path)
   try:
-    with Image.open(path) as image:
+    with path.open('rb') as f, Image.open(f) as image:
       image.load()
       if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
         grey = (np.asarray(image).astype(np.uint32) >> _EIGHT_BIT_SHIFT).clip(0, 255).astype(np.uint8)
@@ -352,23 +347,3 @@ def load_png(path: PathLike) -> np.ndarray:
       return np.asarray(image.convert('RGB'), dtype=np.uint8)
   except (OSError, SyntaxError, ValueError) as e:
     raise ValueError(f'Cannot read image {path}: {e}') from e
-
-
-def write_png_atomic(path: PathLike, image: np.ndarray):
-  """Writes a uint8 (H, W), (H, W, 1) or (H, W, 3) image as PNG via a temporary file and a rename."""
-  path = pathlib.Path(path)
-  array = np.asarray(image)
-  if array.dtype != np.uint8:
-    raise ValueError(f'{path}: expected uint8 image, got {array.dtype}')
-  if array.ndim == 3 and array.shape[-1] == 1:
-    array = array[..., 0]
-  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
-    raise ValueError(f'{path}: expected (H,W), (H,W,1) or (H,W,3) image, got {array.shape}')
-  if not path.parent.is_dir():
-    raise FileNotFoundError(f'Output directory does not exist: {path.parent}')
-  tmp = path.with_name(f'.{path.stem}.{secrets.token_hex(4)}.partial{_PNG_SUFFIX}')
-  try:
-    Image.fromarray(array).save(tmp, format='PNG')
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
