@@ -30,7 +30,7 @@ def released_model() -> ml_collections.ConfigDict:
       ffn_expansion_factor=1.0,
       bias=False,
       layernorm_type='WithBias',
-      dtype='float32',  # computation dtype; 'bfloat16' on TPU. Params are always float32.
+      dtype='float32',  # computation dtype; 'bfloat16' on GPU/TPU (docs/precision.md). Params stay float32.
   ))
 
 

@@ -5,7 +5,8 @@ r"""The released recipe on Cloud TPU v5e slices (see docs/tpu.md).
 
 Per chip the release's per-GPU batch of 3 clips (T=6, 128x128); the global batch grows with the slice
 (24 on v5e-8, 96 on v5e-32) at the released learning rate, so the schedule is counted in optimiser steps
-of a larger batch: fewer steps give the same number of epochs. bfloat16 compute, float32 params.
+of a larger batch: fewer steps give the same number of epochs. bfloat16 compute, float32 params, optimiser
+state and loss: the mixed-precision recipe of docs/precision.md (trains like float32, 0.6x its memory).
 """
 
 from configs import m3svd

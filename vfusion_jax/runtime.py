@@ -1,5 +1,7 @@
 """Process-wide settings of the project's entry points: allocator, XLA:CPU flags, compilation cache."""
 
+import glob
+import importlib.util
 import os
 import platform
 import sys
@@ -23,6 +25,14 @@ ALLOCATOR_TUNABLES = ('glibc.malloc.hugetlb=1', 'glibc.malloc.mmap_max=0', 'glib
 ALLOCATOR_ENV = 'VFUSION_JAX_ALLOCATOR'  # 'default' keeps glibc's defaults
 _REEXEC_MARK = '_VFUSION_JAX_ALLOCATOR_SET'
 
+# What makes JAX pick an accelerator over the CPU when $JAX_PLATFORMS is unset: its plugin is installed and
+# its device nodes exist (both checked, so a CPU machine with a plugin installed still counts as CPU).
+ACCELERATOR_PLUGINS = {
+    'gpu': (('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin', 'jax_rocm7_plugin'),
+            ('/dev/nvidiactl', '/dev/nvidia[0-9]*', '/dev/kfd')),
+    'tpu': (('libtpu',), ('/dev/accel[0-9]*', '/dev/vfio/[0-9]*')),
+}
+
 # Only compilations slower than this are cached (tiny helper jits are cheaper to recompile than to look up).
 MIN_CACHED_COMPILE_SECONDS = 1.0
 
@@ -43,12 +53,39 @@ def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
   return cache_dir
 
 
+def expected_platform() -> str:
+  """'cpu', 'gpu' or 'tpu': the platform JAX will run this process on, decided before any backend starts.
+
+  XLA flags and glibc tunables must be set before JAX starts, so the answer cannot come from
+  ``jax.devices()``. $JAX_PLATFORMS wins when set (its first entry; 'cuda' and 'rocm' count as 'gpu');
+  otherwise a TPU, then a GPU, whose plugin is installed and whose device nodes exist; otherwise 'cpu'.
+  """
+  requested = os.environ.get('JAX_PLATFORMS', '').split(',')[0].strip().lower()
+  if requested:
+    return 'gpu' if requested in ('cuda', 'rocm') else requested
+  for name in ('tpu', 'gpu'):
+    plugins, device_nodes = ACCELERATOR_PLUGINS[name]
+    if any(_importable(p) for p in plugins) and any(glob.glob(pattern) for pattern in device_nodes):
+      return name
+  return 'cpu'
+
+
+def _importable(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):
+    return False
+
+
 def configure_xla_flags() -> None:
-  """Adds the project's XLA:CPU flags to $XLA_FLAGS (flags already there win).
+  """Adds the project's XLA:CPU flags to $XLA_FLAGS (flags already there win); only when JAX will run on the
+  CPU (`expected_platform`): nothing CPU-specific is applied on an accelerator.
 
   XLA reads $XLA_FLAGS when JAX starts its first backend, so call this before any array is created (entry
   points call it at import time).
   """
+  if expected_platform() != 'cpu':
+    return
   current = os.environ.get('XLA_FLAGS', '')
   present = {f.split('=')[0] for f in current.split()}
   extra = [f for f in CPU_XLA_FLAGS if f.split('=')[0] not in present]
@@ -67,11 +104,12 @@ def use_tuned_allocator() -> None:
   """Re-executes this process once with the project's glibc malloc tunables (`ALLOCATOR_TUNABLES`).
 
   glibc reads GLIBC_TUNABLES only at start-up, so an entry point calls this first thing; the re-executed
-  process finds the tunables set and goes on. No-op off Linux/glibc, when $VFUSION_JAX_ALLOCATOR=default, or
-  when every tunable is already set.
+  process finds the tunables set and goes on. No-op off Linux/glibc, when JAX will not run on the CPU (the
+  tunables were measured for XLA:CPU's buffers), when $VFUSION_JAX_ALLOCATOR=default, or when every tunable is
+  already set.
   """
   if (sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc' or os.environ.get(_REEXEC_MARK)
-      or os.environ.get(ALLOCATOR_ENV, 'tuned') == 'default'):
+      or os.environ.get(ALLOCATOR_ENV, 'tuned') == 'default' or expected_platform() != 'cpu'):
     return
   current = os.environ.get('GLIBC_TUNABLES', '')
   tunables = allocator_tunables(current)

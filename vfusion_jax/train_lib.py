@@ -18,6 +18,7 @@ import optax
 from absl import logging
 from clu import metrics as clu_metrics
 from clu import parameter_overview
+from orbax.checkpoint import multihost
 
 from vfusion_jax import checkpoint
 from vfusion_jax import io
@@ -289,6 +290,8 @@ class ShardedTrainStep:
 
 PREVIEWS_DIR = 'previews'
 BATCH_DIGESTS_FILE = 'batch_digests.jsonl'
+# How long processes wait for each other before the first step (restores and compiles on a pod can be slow).
+FIRST_STEP_BARRIER_TIMEOUT_S = 3600
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike) -> TrainState:
@@ -358,6 +361,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike) 
       if compiled_step is None:  # compile once, up front, and report what the step needs
         compiled_step = setup.compile(state, batch, step_rng)
         _log_compiled(compiled_step)
+        # The first step's cross-process collective opens the CPU collectives' (gloo) connections, which time
+        # out when one process is still restoring or compiling: every process starts its first step together.
+        multihost.get_barrier_sync_fn()(key='vfusion_first_step', timeout_ms=FIRST_STEP_BARRIER_TIMEOUT_S * 1000)
       state, metrics = compiled_step(state, batch, jax.random.fold_in(step_rng, step))
       step += 1
       averages.add(step, metrics)

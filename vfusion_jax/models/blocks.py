@@ -51,6 +51,12 @@ def _spatial_norms(x: Array) -> Array:
   return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-2))
 
 
+def _mean_in_float32(x: Array, axis) -> Array:
+  """Mean of ``x`` over ``axis`` (keepdims) accumulated in float32, returned in x's dtype: a bfloat16 sum over
+  a whole frame loses the mean's low bits (docs/precision.md)."""
+  return jnp.mean(x.astype(jnp.float32), axis=axis, keepdims=True).astype(x.dtype)
+
+
 def _apply_attention(attn: Array, v: Array, dtype) -> Array:
   """attn (*batch, heads, ch, ch) applied to v (*batch, H, W, C): out_h = attn_h @ v_h -> (*batch, H, W, C).
 
@@ -225,7 +231,7 @@ class ChannelAttention(nn.Module):
     c = x.shape[-1]
     fc1 = layers.Conv1x1(c // self.ratio, False, self.dtype, name='fc1')
     fc2 = layers.Conv1x1(c, False, self.dtype, name='fc2')
-    avg = jnp.mean(x.astype(jnp.float32), axis=(-3, -2), keepdims=True).astype(self.dtype)
+    avg = _mean_in_float32(x, (-3, -2)).astype(self.dtype)
     mx = jnp.max(x, axis=(-3, -2), keepdims=True)
     mlp = lambda t: fc2(layers.leaky_relu(fc1(t), 0.2))
     return jax.nn.sigmoid(mlp(avg) + mlp(mx))
@@ -239,7 +245,7 @@ class SpatialAttention(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     pooled = jnp.concatenate(
-        [jnp.mean(x.astype(jnp.float32), axis=-1, keepdims=True).astype(x.dtype),
+        [_mean_in_float32(x, -1),
          jnp.max(x, axis=-1, keepdims=True)], axis=-1)
     return jax.nn.sigmoid(layers.Conv2D(1, 3, use_bias=False, dtype=self.dtype, name='conv1')(pooled))
 
@@ -253,7 +259,7 @@ class CrossModalAggregation(nn.Module):
   def __call__(self, x_main: Array, x_supple: Array) -> Array:
     w = layers.Conv1x1(2, False, self.dtype, name='conv')(jnp.concatenate([x_main, x_supple], axis=-1))
     # Sigmoid first, then the global average over the frame: one scalar per frame and branch.
-    w = jnp.mean(jax.nn.sigmoid(w.astype(jnp.float32)), axis=(-3, -2), keepdims=True).astype(self.dtype)
+    w = _mean_in_float32(jax.nn.sigmoid(w.astype(jnp.float32)), (-3, -2)).astype(self.dtype)
     g1 = x_main * w[..., 0:1]
     g2 = x_supple * w[..., 1:2]
     g1 = ChannelAttention(dtype=self.dtype, name='ChannelAttention')(g1) * g1
