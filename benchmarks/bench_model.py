@@ -30,6 +30,7 @@ def _measure(config_variant: str, frames: int, height: int, width: int, repeats:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import m3svd  # pylint: disable=g-import-not-at-top
+  from vfusion_jax import train_lib  # pylint: disable=g-import-not-at-top
   from vfusion_jax.models import VideoFusion  # pylint: disable=g-import-not-at-top
 
   cfg = m3svd.get_config(config_variant).model
@@ -42,9 +43,7 @@ def _measure(config_variant: str, frames: int, height: int, width: int, repeats:
   t0 = time.perf_counter()
   compiled = jax.jit(model.apply).lower({'params': params}, ir, vi).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  flops = train_lib.compiled_flops(compiled)
   jax.block_until_ready(compiled({'params': params}, ir, vi))  # warm-up
   times = []
   for _ in range(repeats):

@@ -114,9 +114,7 @@ def _measure(case: str, steps: int, overrides: list[str], compile_only: bool) ->
   mem = {k: int(getattr(memory, f'{k}_size_in_bytes', 0) or 0) for k in
          ('argument', 'output', 'temp', 'alias', 'generated_code')} if memory is not None else {}
   live = mem['argument'] + mem['output'] + mem['temp'] - mem['alias'] if mem else float('nan')
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  flops = train_lib.compiled_flops(compiled)
   result = dict(case=case, batch_size=b, num_frames=t, crop_size=s, remat=bool(config.remat),
                 num_params=int(num_params), compile_s=compile_s, gflop_per_step=flops / 1e9, memory_bytes=mem,
                 xla_live_gib=live / GIB, rss_after_compile_gib=rss_after_compile, skipped=None)

@@ -125,9 +125,7 @@ def measure_jax(case: str, dtype: str, smoke: bool, repeats: int) -> dict:
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  flops = train_lib.compiled_flops(compiled)
   times = _time_calls(lambda: compiled(*args), repeats, jax.block_until_ready)
   device = jax.devices()[0]
   stats = device.memory_stats() or {}

@@ -239,14 +239,13 @@ def _build(args):
 
 def profile(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+  from vfusion_jax import train_lib  # pylint: disable=g-import-not-at-top
   fn, fn_args, params = _build(args)
   kinds = _kernel_kinds(params)
   start = time.perf_counter()
   compiled = fn.lower(*fn_args).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  xla_flops = train_lib.compiled_flops(compiled)
   op_names, shapes = hlo_instructions(compiled.as_text())
   run = lambda: jax.block_until_ready(compiled(*fn_args))
   run()  # warm-up

@@ -206,6 +206,13 @@ def host_params(params: Any) -> Any:
   return jax.device_get(params)
 
 
+def compiled_flops(compiled) -> float:
+  """The FLOPs XLA's cost analysis counts in a compiled program (per device), NaN where the backend has none."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
 def _log_compiled(compiled) -> None:
   """Logs XLA's memory and cost analysis of the compiled train step (per device)."""
   try:
