@@ -42,7 +42,7 @@ def _child(args) -> dict:
     step = train_lib.make_train_step(model, tx, config.loss, optim.make_schedule(config))
     state = jax.eval_shape(lambda r: train_lib.init_state(model, tx, r, config), jax.random.key(0))
     batch = {'ir_lq': clip(1), 'vi_lq': clip(3), 'ir_gt': clip(1), 'vi_gt': clip(3)}
-    lowered = jax.jit(step, donate_argnums=0).lower(state, batch, jax.random.key(0))
+    lowered = jax.jit(step, donate_argnums=0).lower(state, batch)
   lower_s = time.perf_counter() - start
   start = time.perf_counter()
   lowered.compile()

@@ -4,19 +4,19 @@ r"""Benchmarks streaming inference (frames/s, peak memory vs video length) and t
   python benchmarks/bench_infer.py --checkpoint CKPT --frames 14,42       # a short run
 
 For each length it writes a synthetic registered IR/visible mp4 pair (a textured scene panning by one pixel per
-frame, so every frame differs), runs ``python -m vfusion_jax.infer`` on it in a child process and reports:
-the wall time (including checkpoint load and XLA compilation), the steady frames/s (infer's own rate, counted
-from the first finished frame), and the child's peak resident memory (``os.wait4`` rusage). Bounded memory
-means the peak does not grow with the number of frames. Then it times the metrics of ``eval.py`` on one frame
+frame, so every frame differs), fuses it with ``inference.fuse_video`` (what ``vfusion-infer`` runs, set up as
+the program sets itself up) in a fresh child process and reports: the wall time (including start-up, checkpoint
+load and XLA compilation), the steady frames/s (``InferResult.frames_per_sec``: the progress line's rate,
+counted from the first finished frame), and the child's peak resident memory (its ``getrusage``). Bounded
+memory means the peak does not grow with the number of frames. Then it times the metrics of ``eval.py`` on one frame
 (the real M3SVD sample if present, else synthetic frames).
 """
 
 import argparse
 import json
-import os
+import multiprocessing
 import pathlib
-import re
-import subprocess
+import resource
 import sys
 import tempfile
 import time
@@ -34,7 +34,6 @@ KIB = 1024
 FPS = 30
 PAN_PX_PER_FRAME = 1
 TEXTURE_SMOOTHING = 8  # Box-filter passes over the noise texture: a smooth, natural-looking scene.
-RATE_PATTERN = re.compile(r'fused (\d+)/(\d+) frames .*?\| ([\d.]+) frames/s')
 
 
 def _texture(rng, height, width):
@@ -54,29 +53,40 @@ def write_pair(folder: pathlib.Path, num_frames: int, height: int, width: int) -
   with video_io.VideoWriter(paths[0], FPS) as ir, video_io.VideoWriter(paths[1], FPS) as vi:
     for t in range(num_frames):
       window = slice(t * PAN_PX_PER_FRAME, t * PAN_PX_PER_FRAME + width)
-      ir.write(np.round(255 * np.repeat(scene[:, window, None] ** 2, 3, axis=-1)).astype(np.uint8))
-      vi.write(np.round(255 * colour[:, window]).astype(np.uint8))
+      ir.write(metrics.to_uint8(np.repeat(scene[:, window, None] ** 2, 3, axis=-1)))
+      vi.write(metrics.to_uint8(colour[:, window]))
   return paths
 
 
+def _fuse_in_child(checkpoint: str, ir: pathlib.Path, vi: pathlib.Path, output: pathlib.Path, window: int,
+                   send) -> None:
+  """Runs in a fresh process: sets up as vfusion-infer does, fuses, sends the steady rate and peak memory."""
+  from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.setup_process(tuned_allocator=False)
+  from vfusion_jax import inference, windows  # pylint: disable=g-import-not-at-top
+  result = inference.fuse_video(ir, vi, output, checkpoint_dir=checkpoint, window_config=windows.WindowConfig(window),
+                                overwrite=True, progress=False)
+  send.send({'frames_per_s': result.frames_per_sec,
+             'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB})  # KiB on Linux.
+
+
 def run_infer(checkpoint: str, ir: pathlib.Path, vi: pathlib.Path, output: pathlib.Path, window: int) -> dict:
-  """Runs the infer CLI in a child process; returns wall time, steady frames/s and the child's peak RSS."""
-  cmd = [sys.executable, '-m', 'vfusion_jax.infer', f'--ir={ir}', f'--vi={vi}', f'--checkpoint={checkpoint}',
-         f'--output={output}', f'--window={window}', '--overwrite']
+  """Fuses the pair in a spawned child process; returns wall time, steady frames/s and the child's peak RSS."""
+  context = multiprocessing.get_context('spawn')
+  receive, send = context.Pipe(duplex=False)
   started = time.monotonic()
-  with tempfile.TemporaryFile('w+') as log:
-    child = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                             env={**os.environ, 'PYTHONPATH': str(REPO)})
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.monotonic() - started
-    log.seek(0)
-    text = log.read()
-  if child.returncode:
-    raise RuntimeError(f'infer failed ({child.returncode}):\n{text[-3000:]}')
-  rates = RATE_PATTERN.findall(text)
-  return {'wall_s': seconds, 'frames_per_s': float(rates[-1][2]) if rates else float('nan'),
-          'peak_rss_mib': usage.ru_maxrss / KIB}  # ru_maxrss is in KiB on Linux.
+  child = context.Process(target=_fuse_in_child, args=(checkpoint, ir, vi, output, window, send))
+  child.start()
+  send.close()  # The child holds the only sending end: recv() fails if it dies without sending.
+  try:
+    result = receive.recv()
+  except EOFError:
+    result = None
+  child.join()
+  seconds = time.monotonic() - started
+  if child.exitcode or result is None:
+    raise RuntimeError(f'fusion failed in the child process (exit code {child.exitcode}); its error is above')
+  return {'wall_s': seconds, **result}
 
 
 def _metric_frames(height: int, width: int):
@@ -85,8 +95,7 @@ def _metric_frames(height: int, width: int):
     return ('real M3SVD 640x480', load('infrared_Enhance', 0), load('visible_Enhance', 0), load('visible_Blur', 0),
             load('visible_Enhance', 1))
   rng = np.random.default_rng(1)
-  frames = [np.round(255 * np.repeat(_texture(rng, height, width)[..., None], 3, -1)).astype(np.uint8)
-            for _ in range(4)]
+  frames = [metrics.to_uint8(np.repeat(_texture(rng, height, width)[..., None], 3, -1)) for _ in range(4)]
   return (f'synthetic {width}x{height}', *frames)
 
 
@@ -95,7 +104,7 @@ def time_metrics(height: int, width: int, repeats: int) -> dict:
   name, ir, vi, fused, vi_next = _metric_frames(height, width)
   groups = {
       'fusion_metrics (EN MI SF SD VIF SSIM Qabf), one method': lambda: metrics.fusion_metrics(fused, ir, vi),
-      'flowD_fb term (Farneback + warp), one method': lambda: evaluate.flowd_term(
+      'flowD_fb term (Farneback + warp), one method': lambda: metrics.flowd_fb_term(
           fused, vi, metrics.farneback_backward_flow(vi_next, vi)),
       'restoration PSNR + SSIM (IR and visible, restored and input)': lambda: evaluate.restoration_metrics(
           {'ir': ir, 'vi': fused}, {'ir': ir, 'vi': vi}, {'ir': ir, 'vi': vi}),

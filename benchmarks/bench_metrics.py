@@ -34,7 +34,7 @@ def _synthetic_frames(num_frames, seed=0):
   for _ in range(2):
     field = ndimage.gaussian_filter(rng.uniform(0, 1, (HEIGHT, WIDTH + pad, 3)),
                                     (SYNTHETIC_BLUR_SIGMA, SYNTHETIC_BLUR_SIGMA, 0))
-    field = np.round(255 * (field - field.min()) / (field.max() - field.min())).astype(np.uint8)
+    field = metrics.quantize_fused(field)  # Min-max stretch to 0..255.
     clips.append(np.stack([field[:, pad - SYNTHETIC_SHIFT_PX * t:][:, :WIDTH]
                            for t in range(num_frames)]))
   return clips[0], clips[1], 'synthetic'

@@ -6,7 +6,7 @@ r"""The PyTorch side of the comparison: the official network's forward and train
       python benchmarks/bench_torch.py                       # the same with glibc malloc tuned
 
 Needs torch (not a project requirement; on this machine `pip install torch==2.13.0`). The network is
-benchmarks/torch_videofusion.py, which reproduces the official model's fixture outputs (tests/test_torch_reference.py),
+reference/torch_videofusion.py, which reproduces the official model's fixture outputs (tests/test_torch_reference.py),
 so the two sides compute the same function with the same weights. Measured the same way as
 benchmarks/bench_model.py and benchmarks/bench_train.py: each size in its own process (peak RSS is that size alone),
 one warm-up call, the median of --repeats timed calls, --threads intra-op threads (the machine's cores by default).
@@ -32,10 +32,10 @@ LEARNING_RATE, WEIGHT_DECAY = 1e-4, 1e-5
 
 def _measure(mode: str, batch: int, frames: int, height: int, width: int, repeats: int, threads: int) -> dict:
   """Times one case in this process; returns seconds per call and peak resident memory."""
-  sys.path.insert(0, HERE)
+  sys.path.insert(0, os.path.dirname(HERE))
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  import torch_videofusion  # pylint: disable=g-import-not-at-top
+  from reference import torch_videofusion  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(threads)
   torch.manual_seed(0)

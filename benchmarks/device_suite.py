@@ -14,7 +14,7 @@ Every case runs in its own process, so its peak device memory is its own. Report
 the compiled program, achieved FLOP/s and its share of the chip's peak (MFU; the peak table is below and
 printed with the results), and peak device memory (the allocator's peak where the device reports one, else
 XLA's memory analysis of the compiled program). When torch is importable the same cases run through the
-PyTorch reference (benchmarks/torch_videofusion.py: float32, and bfloat16 under autocast) on the same device,
+PyTorch reference (reference/torch_videofusion.py: float32, and bfloat16 under autocast) on the same device,
 timed the same way; its MFU uses the FLOPs that XLA counts for the same function.
 """
 
@@ -121,7 +121,7 @@ def measure_jax(case: str, dtype: str, smoke: bool, repeats: int) -> dict:
     state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     batch = {'ir_lq': clip(1), 'vi_lq': clip(3), 'ir_gt': clip(1), 'vi_gt': clip(3)}
     jitted = jax.jit(step)  # not donated: the same state is fed to every timed call
-    args = (state, batch, jax.random.key(1))
+    args = (state, batch)
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   compile_s = time.perf_counter() - start
@@ -145,10 +145,10 @@ def measure_jax(case: str, dtype: str, smoke: bool, repeats: int) -> dict:
 
 def measure_torch(case: str, dtype: str, smoke: bool, repeats: int) -> dict:
   """Times one case through the PyTorch reference on CUDA when present (else the CPU), in this process."""
-  sys.path.insert(0, str(REPO / 'benchmarks'))
+  sys.path.insert(0, str(REPO))
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  import torch_videofusion  # pylint: disable=g-import-not-at-top
+  from reference import torch_videofusion  # pylint: disable=g-import-not-at-top
 
   kind, b, t, h, w = (SMOKE_CASES if smoke else CASES)[case]
   config = _model_config(smoke, 'float32').model

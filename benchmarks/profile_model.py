@@ -234,7 +234,7 @@ def _build(args):
   state = jax.jit(lambda r: train_lib.init_state(model, tx, r, config))(jax.random.key(config.seed))
   batch = {'ir_lq': ir, 'vi_lq': vi, 'ir_gt': clip(1), 'vi_gt': clip(3)}
   fn = jax.jit(step_fn)  # not donated: the same state is fed again on every repeat
-  return fn, (state, batch, jax.random.key(1)), state.params
+  return fn, (state, batch), state.params
 
 
 def profile(args) -> dict:

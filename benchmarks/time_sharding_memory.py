@@ -39,7 +39,7 @@ def measure(frames: int, shards: int, height: int, width: int, remat: bool, vari
   setup = train_lib.ShardedTrainStep(config, mesh)
   state, batch = setup.state_targets(), setup.batch_targets(height, width)
   start = time.perf_counter()
-  compiled = setup.compile(state, batch, jax.random.key(0))
+  compiled = setup.compile(state, batch)
   compile_s = time.perf_counter() - start
   mem = compiled.memory_analysis()
   sizes = {k: int(getattr(mem, f'{k}_size_in_bytes', 0) or 0) for k in ('argument', 'output', 'temp', 'alias')}

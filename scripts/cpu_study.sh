@@ -44,7 +44,7 @@ evaluate() {  # name data window [extra flags]
     return
   fi
   "$PYTHON" eval.py --config=configs/m3svd.py:cpu_study --checkpoint="$WORK/ckpt" --data="$data" \
-    --setting=degraded --references=clean --window="$window" --output="$out" --overwrite "$@"
+    --setting=degraded --references=clean --fuse.window="$window" --output="$out" --overwrite "$@"
 }
 
 for window in 7 2; do

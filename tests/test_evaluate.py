@@ -11,7 +11,7 @@ import pytest
 
 from configs import m3svd
 from conftest import LOCAL_FIXTURES, REPO, shared_data
-from vfusion_jax import checkpoint, convert, evaluate, infer, io, metrics, windows
+from vfusion_jax import checkpoint, convert, evaluate, inference, io, metrics, windows
 from vfusion_jax.data import synthetic, video_io
 
 TINY_NPZ = LOCAL_FIXTURES / 'videofusion_tiny_T3_32.npz'
@@ -28,7 +28,7 @@ def tiny_apply(tmp_path_factory):
   params = convert.torch_to_flax(convert.load_state_dict(str(TINY_NPZ)), m3svd.tiny_model())
   path = checkpoint.save_inference_checkpoint(str(tmp_path_factory.mktemp('ckpt') / 'tiny'), params,
                                               m3svd.tiny_model())
-  return path, infer.load_model(path)[0]
+  return path, inference.load_model(path)[0]
 
 
 def _clip(seed):
@@ -121,7 +121,7 @@ def test_fused_pngs_are_the_quantised_model_output(degraded_run, dataset, tiny_a
     png = video_io.load_png(out / 'fusion' / VIDEOS[0] / f'{t:04d}.png')
     np.testing.assert_array_equal(png, metrics.quantize_fused(result['fusion']))
     np.testing.assert_array_equal(video_io.load_png(out / 'vi' / VIDEOS[0] / f'{t:04d}.png'),
-                                  windows.restored_to_uint8(result['vi']))
+                                  metrics.to_uint8(result['vi']))
 
 
 def test_metrics_agree_with_the_pngs_and_the_clean_references(degraded_run, dataset):
@@ -258,18 +258,30 @@ def test_real_mp4_pairs_are_degraded_with_a_note(tmp_path):
 def test_eval_cli(tiny_apply, dataset, tmp_path):
   cmd = [sys.executable, 'eval.py', '--config=configs/m3svd.py:tiny', f'--checkpoint={tiny_apply[0]}',
          f'--data={dataset[0]}', '--setting=normal', '--references=clean', f'--output={tmp_path / "out"}',
-         f'--window={WINDOW}', '--videos=clip_b', '--save_mp4']
+         f'--fuse.window={WINDOW}', '--fuse.overlap=1', '--fuse.fps=12', '--videos=clip_b', '--save_mp4']
   run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(REPO)},
                        check=False)
   assert run.returncode == 0, run.stderr
   summary = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
   assert summary['setting'] == 'normal' and summary['videos'] == ['clip_b']
-  assert video_io.probe_video(tmp_path / 'out' / 'videos' / 'clip_b_fusion.mp4').num_frames == NUM_FRAMES
+  assert (summary['window']['window'], summary['window']['overlap']) == (WINDOW, 1)
+  info = video_io.probe_video(tmp_path / 'out' / 'videos' / 'clip_b_fusion.mp4')
+  assert (info.num_frames, info.fps) == (NUM_FRAMES, 12)
   cmd[2] = '--config=configs/m3svd.py'  # The released network: the tiny checkpoint does not fit.
   cmd[7] = f'--output={tmp_path / "other"}'
   run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(REPO)},
                        check=False)
   assert run.returncode == 1 and 'written for another model config' in run.stderr
+
+
+def test_eval_cli_help_and_old_option_spelling():
+  env = {**os.environ, 'PYTHONPATH': str(REPO)}
+  run = subprocess.run([sys.executable, 'eval.py', '--help'], cwd=REPO, capture_output=True, text=True, env=env,
+                       check=False)
+  assert run.returncode == 0 and '--fuse' in run.stdout and 'tile_overlap' in run.stdout
+  run = subprocess.run([sys.executable, 'eval.py', '--rule=center', '--nofused_minmax'], cwd=REPO,
+                       capture_output=True, text=True, env=env, check=False)
+  assert run.returncode == 1 and 'pass --fuse.rule=center' in run.stderr
 
 
 @pytest.mark.slow

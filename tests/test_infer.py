@@ -1,4 +1,5 @@
-"""Streaming inference: real tiny-checkpoint runs on small videos and frame folders, and every error path."""
+"""Streaming inference (``inference.fuse_video`` and the ``vfusion_jax.infer`` program): real tiny-checkpoint runs on
+small videos and frame folders, and every error path."""
 
 import os
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 from configs import m3svd
 from conftest import LOCAL_FIXTURES, REPO, shared_data
-from vfusion_jax import checkpoint, convert, infer, io, windows
+from vfusion_jax import checkpoint, convert, inference, io, metrics, windows
 from vfusion_jax.data import video_io
 
 TINY_NPZ = LOCAL_FIXTURES / 'videofusion_tiny_T3_32.npz'
@@ -28,7 +29,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tiny_model(tiny_checkpoint):
-  return infer.load_model(tiny_checkpoint)
+  return inference.load_model(tiny_checkpoint)
 
 
 def _frames(seed, num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH, grey=False):
@@ -79,9 +80,9 @@ def _expected_official(apply_fn, ir_frames, vi_frames):
 def test_frame_folders_match_windows_run_by_hand(tiny_model, folder_pair, tmp_path):
   apply_fn, _, _ = tiny_model
   ir_dir, vi_dir = folder_pair
-  result = infer.fuse_video(ir_dir, vi_dir, tmp_path / 'fused', apply_fn=apply_fn, output_ir=tmp_path / 'ir',
-                            output_vi=tmp_path / 'vi', window_config=windows.WindowConfig(WINDOW, 0, 'official'),
-                            progress=False)
+  result = inference.fuse_video(ir_dir, vi_dir, tmp_path / 'fused', apply_fn=apply_fn, output_ir=tmp_path / 'ir',
+                                output_vi=tmp_path / 'vi', window_config=windows.WindowConfig(WINDOW, 0, 'official'),
+                                progress=False)
   assert result.num_frames == NUM_FRAMES and (result.height, result.width) == (HEIGHT, WIDTH)
   names = sorted(p.name for p in (tmp_path / 'fused').iterdir())
   assert names == [f'{t:04d}.png' for t in range(NUM_FRAMES)]  # The input's frame names.
@@ -90,19 +91,19 @@ def test_frame_folders_match_windows_run_by_hand(tiny_model, folder_pair, tmp_pa
   expected = _expected_official(apply_fn, ir_frames, vi_frames)
   for t, name in enumerate(names):
     np.testing.assert_array_equal(video_io.load_png(tmp_path / 'fused' / name),
-                                  windows.fused_to_uint8(expected[t]['fusion']))
+                                  metrics.fused_to_uint8(expected[t]['fusion']))
     np.testing.assert_array_equal(video_io.load_png(tmp_path / 'ir' / name),
-                                  windows.restored_to_uint8(expected[t]['ir']))
+                                  metrics.to_uint8(expected[t]['ir']))
   assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]  # No staging left behind.
 
 
 def test_grey_and_rgb_ir_give_the_same_result(tiny_model, folder_pair, tmp_path):
   apply_fn, _, _ = tiny_model
   config = windows.WindowConfig(WINDOW)
-  infer.fuse_video(*folder_pair, tmp_path / 'rgb', apply_fn=apply_fn, num_frames=WINDOW, window_config=config,
-                   ir_to_gray=False, progress=False)
-  infer.fuse_video(*folder_pair, tmp_path / 'grey', apply_fn=apply_fn, num_frames=WINDOW, window_config=config,
-                   progress=False)
+  inference.fuse_video(*folder_pair, tmp_path / 'rgb', apply_fn=apply_fn, num_frames=WINDOW, window_config=config,
+                       ir_to_gray=False, progress=False)
+  inference.fuse_video(*folder_pair, tmp_path / 'grey', apply_fn=apply_fn, num_frames=WINDOW, window_config=config,
+                       progress=False)
   for name in sorted(p.name for p in (tmp_path / 'rgb').iterdir()):  # The network repeats grey IR to 3 channels.
     np.testing.assert_array_equal(video_io.load_png(tmp_path / 'grey' / name),
                                   video_io.load_png(tmp_path / 'rgb' / name))
@@ -111,22 +112,23 @@ def test_grey_and_rgb_ir_give_the_same_result(tiny_model, folder_pair, tmp_path)
 def test_videos_in_video_out_with_part(tiny_model, video_pair, tmp_path):
   apply_fn, _, _ = tiny_model
   out = tmp_path / 'fused.mp4'
-  result = infer.fuse_video(*video_pair, out, apply_fn=apply_fn, start_frame=2, num_frames=6,
-                            window_config=windows.WindowConfig(WINDOW, 1), progress=False)
+  result = inference.fuse_video(*video_pair, out, apply_fn=apply_fn, start_frame=2, num_frames=6,
+                                window_config=windows.WindowConfig(WINDOW, 1), progress=False)
   info = video_io.probe_video(out)
   assert (info.num_frames, info.fps, info.height, info.width) == (6, FPS, HEIGHT, WIDTH)
   assert result.fps == FPS
+  assert result.frames_per_sec > 0  # The progress line's steady rate, for benchmarks.
 
 
 def test_odd_resolution_and_fused_frames_keep_the_input_size(tiny_model, tmp_path):
   apply_fn, _, _ = tiny_model
   ir = _write_folder(tmp_path / 'ir', _frames(3, num_frames=5, height=30, width=45))
   vi = _write_folder(tmp_path / 'vi', _frames(4, num_frames=5, height=30, width=45))
-  infer.fuse_video(ir, vi, tmp_path / 'fused', output_vi=tmp_path / 'vi.mp4', apply_fn=apply_fn,
-                   window_config=windows.WindowConfig(WINDOW), progress=False)
+  inference.fuse_video(ir, vi, tmp_path / 'fused', output_vi=tmp_path / 'vi.mp4', apply_fn=apply_fn,
+                       window_config=windows.WindowConfig(WINDOW), progress=False)
   assert video_io.load_png(tmp_path / 'fused' / '0004.png').shape == (30, 45, 3)
   info = video_io.probe_video(tmp_path / 'vi.mp4')  # 4:2:0 needs even sizes: padded by one row/column.
-  assert (info.num_frames, info.height, info.width, info.fps) == (5, 30, 46, infer.DEFAULT_FPS)
+  assert (info.num_frames, info.height, info.width, info.fps) == (5, 30, 46, inference.DEFAULT_FPS)
 
 
 def test_frame_count_mismatch_and_truncate(tiny_model, tmp_path):
@@ -134,10 +136,10 @@ def test_frame_count_mismatch_and_truncate(tiny_model, tmp_path):
   ir = _write_video(tmp_path / 'ir.mp4', _frames(1, num_frames=6))
   vi = _write_video(tmp_path / 'vi.mp4', _frames(2, num_frames=5))
   with pytest.raises(ValueError, match='frame-count mismatch.*6 frames.*5.*--truncate'):
-    infer.fuse_video(ir, vi, tmp_path / 'out.mp4', apply_fn=apply_fn, progress=False)
+    inference.fuse_video(ir, vi, tmp_path / 'out.mp4', apply_fn=apply_fn, progress=False)
   assert not (tmp_path / 'out.mp4').exists()
-  result = infer.fuse_video(ir, vi, tmp_path / 'out.mp4', apply_fn=apply_fn, truncate=True,
-                            window_config=windows.WindowConfig(WINDOW), progress=False)
+  result = inference.fuse_video(ir, vi, tmp_path / 'out.mp4', apply_fn=apply_fn, truncate=True,
+                                window_config=windows.WindowConfig(WINDOW), progress=False)
   assert result.num_frames == 5 and video_io.probe_video(tmp_path / 'out.mp4').num_frames == 5
 
 
@@ -145,8 +147,8 @@ def test_fps_mismatch(tmp_path):
   ir = _write_video(tmp_path / 'ir.mp4', _frames(1, num_frames=3), fps=25)
   vi = _write_video(tmp_path / 'vi.mp4', _frames(2, num_frames=3), fps=30)
   with pytest.raises(ValueError, match='fps mismatch.*25.*30'):
-    infer.plan_frames(infer.open_input(ir), infer.open_input(vi))
-  plan = infer.plan_frames(infer.open_input(ir), infer.open_input(vi), ignore_fps_mismatch=True)
+    inference.plan_frames(inference.open_input(ir), inference.open_input(vi))
+  plan = inference.plan_frames(inference.open_input(ir), inference.open_input(vi), ignore_fps_mismatch=True)
   assert plan.fps == 30 and plan.notes
 
 
@@ -154,37 +156,37 @@ def test_resolution_mismatch(tmp_path):
   ir = _write_folder(tmp_path / 'ir', _frames(1, num_frames=2, width=44))
   vi = _write_folder(tmp_path / 'vi', _frames(2, num_frames=2))
   with pytest.raises(ValueError, match='resolution mismatch.*32x44.*32x48'):
-    infer.fuse_video(ir, vi, tmp_path / 'out', apply_fn=lambda *a: None, progress=False)
+    inference.fuse_video(ir, vi, tmp_path / 'out', apply_fn=lambda *a: None, progress=False)
 
 
 def test_unreadable_and_missing_inputs(tmp_path):
   bad = tmp_path / 'bad.mp4'
   bad.write_bytes(b'not a video at all' * 100)
   with pytest.raises(ValueError, match='IR .*bad.mp4 is not a readable video'):
-    infer.open_input(bad, 'IR')
+    inference.open_input(bad, 'IR')
   with pytest.raises(FileNotFoundError, match='visible .*missing.mp4 does not exist'):
-    infer.open_input(tmp_path / 'missing.mp4', 'visible')
+    inference.open_input(tmp_path / 'missing.mp4', 'visible')
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='holds no PNG frames'):
-    infer.open_input(tmp_path / 'empty')
+    inference.open_input(tmp_path / 'empty')
 
 
 def test_part_outside_the_video(video_pair):
-  ir, vi = infer.open_input(video_pair[0]), infer.open_input(video_pair[1])
+  ir, vi = inference.open_input(video_pair[0]), inference.open_input(video_pair[1])
   with pytest.raises(ValueError, match='--start_frame 10 is outside'):
-    infer.plan_frames(ir, vi, start_frame=10)
+    inference.plan_frames(ir, vi, start_frame=10)
   with pytest.raises(ValueError, match=r'--num_frames 9 must lie in \[1, 8\]'):
-    infer.plan_frames(ir, vi, start_frame=2, num_frames=9)
+    inference.plan_frames(ir, vi, start_frame=2, num_frames=9)
 
 
 def test_checkpoint_errors(tiny_checkpoint, tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    infer.load_model(tmp_path / 'nope')
+    inference.load_model(tmp_path / 'nope')
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='not an inference checkpoint'):
-    infer.load_model(tmp_path / 'empty')
+    inference.load_model(tmp_path / 'empty')
   with pytest.raises(ValueError, match='written for another model config.*num_features'):
-    infer.load_model(tiny_checkpoint, m3svd.released_model())
+    inference.load_model(tiny_checkpoint, m3svd.released_model())
 
 
 def test_never_overwrites_without_flag(tiny_model, folder_pair, tmp_path):
@@ -192,12 +194,12 @@ def test_never_overwrites_without_flag(tiny_model, folder_pair, tmp_path):
   existing = tmp_path / 'fused.mp4'
   existing.write_bytes(b'keep me')
   with pytest.raises(FileExistsError, match='--overwrite'):
-    infer.fuse_video(*folder_pair, existing, apply_fn=apply_fn, progress=False)
+    inference.fuse_video(*folder_pair, existing, apply_fn=apply_fn, progress=False)
   assert existing.read_bytes() == b'keep me'
   with pytest.raises(ValueError, match='is also an input'):
-    infer.fuse_video(*folder_pair, folder_pair[1], apply_fn=apply_fn, overwrite=True, progress=False)
-  infer.fuse_video(*folder_pair, existing, apply_fn=apply_fn, overwrite=True, num_frames=WINDOW,
-                   window_config=windows.WindowConfig(WINDOW), progress=False)
+    inference.fuse_video(*folder_pair, folder_pair[1], apply_fn=apply_fn, overwrite=True, progress=False)
+  inference.fuse_video(*folder_pair, existing, apply_fn=apply_fn, overwrite=True, num_frames=WINDOW,
+                       window_config=windows.WindowConfig(WINDOW), progress=False)
   assert video_io.probe_video(existing).num_frames == WINDOW
 
 
@@ -212,8 +214,8 @@ def test_failed_run_leaves_nothing(tiny_model, folder_pair, tmp_path):
     return apply_fn(ir, vi)
 
   with pytest.raises(RuntimeError, match='device lost'):
-    infer.fuse_video(*folder_pair, tmp_path / 'fused.mp4', output_ir=tmp_path / 'ir', apply_fn=failing,
-                     window_config=windows.WindowConfig(WINDOW), progress=False)
+    inference.fuse_video(*folder_pair, tmp_path / 'fused.mp4', output_ir=tmp_path / 'ir', apply_fn=failing,
+                         window_config=windows.WindowConfig(WINDOW), progress=False)
   assert list(tmp_path.iterdir()) == []  # Neither the final names nor temporary files.
 
 
@@ -224,10 +226,10 @@ def test_bucket_inputs_checkpoint_and_outputs(tiny_checkpoint, tiny_model, video
   checkpoint.save_inference_checkpoint(bucket / 'ckpt', params, model_config)
   remote_inputs = [io.write_bytes(bucket / 'in' / p.name, p.read_bytes()) for p in video_pair]
   config = windows.WindowConfig(WINDOW)
-  infer.fuse_video(*remote_inputs, bucket / 'out' / 'fused.mp4', checkpoint_dir=bucket / 'ckpt',
-                   output_ir=bucket / 'out' / 'ir', window_config=config, progress=False)
-  infer.fuse_video(*video_pair, tmp_path / 'fused.mp4', apply_fn=apply_fn, output_ir=tmp_path / 'ir',
-                   window_config=config, progress=False)
+  inference.fuse_video(*remote_inputs, bucket / 'out' / 'fused.mp4', checkpoint_dir=bucket / 'ckpt',
+                       output_ir=bucket / 'out' / 'ir', window_config=config, progress=False)
+  inference.fuse_video(*video_pair, tmp_path / 'fused.mp4', apply_fn=apply_fn, output_ir=tmp_path / 'ir',
+                       window_config=config, progress=False)
   np.testing.assert_array_equal(video_io.read_video(bucket / 'out' / 'fused.mp4'),
                                 video_io.read_video(tmp_path / 'fused.mp4'))
   names = sorted(p.name for p in (tmp_path / 'ir').iterdir())
@@ -241,32 +243,38 @@ def test_bucket_inputs_checkpoint_and_outputs(tiny_checkpoint, tiny_model, video
     raise RuntimeError('device lost')
 
   with pytest.raises(RuntimeError, match='device lost'):
-    infer.fuse_video(*remote_inputs, bucket / 'failed' / 'fused.mp4', output_vi=bucket / 'failed' / 'vi',
-                     apply_fn=failing, window_config=config, progress=False)
+    inference.fuse_video(*remote_inputs, bucket / 'failed' / 'fused.mp4', output_vi=bucket / 'failed' / 'vi',
+                         apply_fn=failing, window_config=config, progress=False)
   assert not (bucket / 'failed').exists()
-
-
-def test_progress_line():
-  times = iter([0.0, 10.0, 20.0, 30.0])
-  progress = infer.Progress(100, enabled=False, clock=lambda: next(times))
-  assert '? frames/s' in progress.update(10)
-  line = progress.update(30)  # 20 frames in 10 s.
-  assert 'fused 30/100 frames' in line and '2.00 frames/s' in line and 'ETA 0:00:35' in line
 
 
 def test_cli_video_pair(tiny_checkpoint, video_pair, tmp_path):
   out = tmp_path / 'fused.mp4'
   cmd = [sys.executable, '-m', 'vfusion_jax.infer', f'--ir={video_pair[0]}', f'--vi={video_pair[1]}',
-         f'--checkpoint={tiny_checkpoint}', f'--output={out}', f'--window={WINDOW}',
+         f'--checkpoint={tiny_checkpoint}', f'--output={out}', f'--fuse.window={WINDOW}', '--fuse.fps=12',
          '--config=configs/m3svd.py:tiny']
   run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(REPO)},
                        check=False)
   assert run.returncode == 0, run.stderr
   assert f'wrote {NUM_FRAMES} frames' in run.stdout and 'frames/s' in run.stderr
-  assert video_io.probe_video(out).num_frames == NUM_FRAMES
+  info = video_io.probe_video(out)
+  assert (info.num_frames, info.fps) == (NUM_FRAMES, 12)
   run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(REPO)},
                        check=False)
   assert run.returncode == 1 and 'already exists; pass --overwrite' in run.stderr
+
+
+def test_cli_help_and_old_option_spelling():
+  env = {**os.environ, 'PYTHONPATH': str(REPO)}
+  run = subprocess.run([sys.executable, '-m', 'vfusion_jax.infer', '--help'], cwd=REPO, capture_output=True,
+                       text=True, env=env, check=False)
+  assert run.returncode == 0 and '--fuse' in run.stdout and '--overwrite' in run.stdout
+  run = subprocess.run([sys.executable, '-m', 'vfusion_jax.infer', '--ir=a', '--window=5'], cwd=REPO,
+                       capture_output=True, text=True, env=env, check=False)
+  assert run.returncode == 1 and 'pass --fuse.window=5' in run.stderr
+  run = subprocess.run([sys.executable, '-m', 'vfusion_jax.infer', '--nofused_minmax'], cwd=REPO,
+                       capture_output=True, text=True, env=env, check=False)
+  assert run.returncode == 1 and 'pass --fuse.fused_minmax=false' in run.stderr
 
 
 def test_cli_wrong_config_is_a_clear_error(tiny_checkpoint, video_pair, tmp_path):
@@ -280,15 +288,15 @@ def test_cli_wrong_config_is_a_clear_error(tiny_checkpoint, video_pair, tmp_path
 
 def test_real_pair_is_checked_before_fusing():
   root = shared_data('m3svd_videos')
-  ir = infer.open_input(root / 'infrared' / '1230_1202.mp4', 'IR')
-  vi = infer.open_input(root / 'visible' / '1230_1202.mp4', 'visible')
-  plan = infer.plan_frames(ir, vi)
+  ir = inference.open_input(root / 'infrared' / '1230_1202.mp4', 'IR')
+  vi = inference.open_input(root / 'visible' / '1230_1202.mp4', 'visible')
+  plan = inference.plan_frames(ir, vi)
   assert (plan.num_frames, plan.fps, plan.height, plan.width) == (205, 22.0, 480, 640)
-  other = infer.open_input(root / 'visible' / '0111_1716.mp4', 'visible')
+  other = inference.open_input(root / 'visible' / '0111_1716.mp4', 'visible')
   with pytest.raises(ValueError, match='frame-count mismatch'):
-    infer.plan_frames(ir, other)
+    inference.plan_frames(ir, other)
   with pytest.raises(ValueError, match='fps mismatch'):
-    infer.plan_frames(ir, other, truncate=True)
+    inference.plan_frames(ir, other, truncate=True)
 
 
 @pytest.mark.slow
@@ -297,8 +305,8 @@ def test_real_pair_full_resolution(tiny_model, tmp_path):
   apply_fn, _, _ = tiny_model
   root = shared_data('m3svd_videos')
   out = tmp_path / 'fused.mp4'
-  infer.fuse_video(root / 'infrared' / '1230_1202.mp4', root / 'visible' / '1230_1202.mp4', out,
-                   apply_fn=apply_fn, start_frame=100, num_frames=3, window_config=windows.WindowConfig(3),
-                   progress=False)
+  inference.fuse_video(root / 'infrared' / '1230_1202.mp4', root / 'visible' / '1230_1202.mp4', out,
+                       apply_fn=apply_fn, start_frame=100, num_frames=3, window_config=windows.WindowConfig(3),
+                       progress=False)
   info = video_io.probe_video(out)
   assert (info.num_frames, info.fps, info.height, info.width) == (3, 22.0, 480, 640)

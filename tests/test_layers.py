@@ -1,15 +1,31 @@
-"""Primitive layers and block rules against independent numpy computations."""
+"""Primitive layers and block rules against independent numpy computations.
+
+Conv3D and the depthwise convolution have two formulations (``layer_impl`` 'cpu_tuned' and 'xla'); each is
+checked against the direct numpy sums, forward and gradients.
+"""
+
+import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
+from jax.sharding import PartitionSpec as P
 
 from vfusion_jax.models import blocks, layers
 
+CONV3D = {'cpu_tuned': layers.conv3d_3x3x3, 'xla': layers.conv3d_3x3x3_xla}
+DEPTHWISE = {'cpu_tuned': layers.depthwise_conv3x3, 'xla': layers.depthwise_conv3x3_xla}
+
+
+def _init(module, *args, key=0):
+  """Plain (unboxed) variables of ``module``: the layers box their params with logical axis names."""
+  return nn.unbox(module.init(jax.random.key(key), *args))
+
 
 def _init_apply(module, *args):
-  variables = module.init(jax.random.key(0), *args)
+  variables = _init(module, *args)
   return variables['params'], np.asarray(module.apply(variables, *args))
 
 
@@ -85,11 +101,11 @@ def _conv2d_numpy(x, kernel, groups=1):
   return out
 
 
-def test_depthwise_conv_matches_direct_sum():
+@pytest.mark.parametrize('impl', ['cpu_tuned', 'xla'])
+def test_depthwise_conv_matches_direct_sum(impl):
   rng = np.random.default_rng(3)
   x = rng.normal(size=(2, 5, 7, 4)).astype(np.float32)
-  params, _ = _init_apply(layers.DepthwiseConv3x3(), x)
-  y = np.asarray(layers.DepthwiseConv3x3().apply({'params': params}, x))
+  params, y = _init_apply(layers.DepthwiseConv3x3(layer_impl=impl), x)
   np.testing.assert_allclose(y, _conv2d_numpy(x, np.asarray(params['kernel'], np.float64), groups=4), atol=1e-5)
 
 
@@ -109,14 +125,14 @@ def test_grouped_conv1x1_and_depthwise_match_one_map():
   rng = np.random.default_rng(6)
   x = rng.normal(size=(2, 5, 6, 4)).astype(np.float32)
   module = layers.Conv1x1(9, use_bias=True, output_groups=3)
-  params = module.init(jax.random.key(0), x)['params']
+  params = _init(module, x)['params']
   groups = module.apply({'params': params}, x)
   full = x @ np.asarray(params['kernel'])[0, 0] + params['bias']
   assert len(groups) == 3
   for got, want in zip(groups, np.split(full, 3, axis=-1)):
     np.testing.assert_allclose(got, want, atol=1e-5)
   depthwise = layers.DepthwiseConv3x3(use_bias=True)
-  dw_params = depthwise.init(jax.random.key(1), groups)['params']
+  dw_params = _init(depthwise, groups, key=1)['params']
   assert dw_params['kernel'].shape == (3, 3, 1, 9)
   outs = depthwise.apply({'params': dw_params}, groups)
   expected = _conv2d_numpy(full, np.asarray(dw_params['kernel'], np.float64), groups=9) + dw_params['bias']
@@ -152,7 +168,7 @@ def test_conv3d_zero_pads_time():
   rng = np.random.default_rng(5)
   x = rng.normal(size=(1, 3, 4, 4, 2)).astype(np.float32)
   module = layers.Conv3D(3)
-  params = module.init(jax.random.key(0), x)
+  params = _init(module, x)
   y = np.asarray(module.apply(params, x))
   x_ext = np.concatenate([np.zeros_like(x[:, :1]), x, np.zeros_like(x[:, :1])], axis=1)
   y_ext = np.asarray(module.apply(params, x_ext))
@@ -177,38 +193,54 @@ def _conv3d_numpy(x, kernel):
   return y
 
 
-@pytest.mark.parametrize('cin', [1, 3, layers.CONV3D_STACK_FRAMES_BELOW_CHANNELS])  # both formulations
+def _conv3d_numpy_grads(x, kernel, g):
+  """Gradients (dx, dkernel) of sum(conv3d(x, kernel) * g) by the direct sums, float64.
+
+  x (T, H, W, Cin), kernel (3, 3, 3, Cin, Cout), g (T, H, W, Cout): every tap reads a shifted window of the
+  zero-padded x, so dkernel[tap] = window^T g and the window's gradient gains g kernel[tap]^T.
+  """
+  t, h, w, _ = x.shape
+  xp = np.pad(x.astype(np.float64), ((1, 1), (1, 1), (1, 1), (0, 0)))
+  dxp, dk = np.zeros_like(xp), np.zeros(kernel.shape)
+  g, kernel = g.astype(np.float64), kernel.astype(np.float64)
+  for kt, dy, dx in itertools.product(range(3), repeat=3):
+    window = (slice(kt, kt + t), slice(dy, dy + h), slice(dx, dx + w))
+    dk[kt, dy, dx] = np.einsum('thwi,thwo->io', xp[window], g)
+    dxp[window] += g @ kernel[kt, dy, dx].T
+  return dxp[1:-1, 1:-1, 1:-1], dk
+
+
+# 'cpu_tuned' stacks the frames below CONV3D_STACK_FRAMES_BELOW_CHANNELS input channels and sums per-tap 2-D
+# convolutions from there: both branches; 'xla' is one formulation whatever Cin.
+CONV3D_CASES = [('cpu_tuned', 1), ('cpu_tuned', 3), ('cpu_tuned', layers.CONV3D_STACK_FRAMES_BELOW_CHANNELS),
+                ('xla', 3)]
+
+
+@pytest.mark.parametrize('impl, cin', CONV3D_CASES)
 @pytest.mark.parametrize('frames', [1, 2, 5])
-def test_conv3d_matches_direct_sum(cin, frames):
-  """conv3d_3x3x3 (2-D convolutions over stacked or per-tap frames) equals the direct 27-tap sum."""
+def test_conv3d_matches_direct_sum(impl, cin, frames):
+  """Both Conv3D formulations equal the direct 27-tap sum."""
   rng = np.random.default_rng(cin * 10 + frames)
   x = rng.normal(size=(2, frames, 5, 6, cin)).astype(np.float32)
   kernel = rng.normal(size=(3, 3, 3, cin, 4)).astype(np.float32)
-  y = np.asarray(jax.jit(layers.conv3d_3x3x3)(x, kernel))
+  y = np.asarray(jax.jit(CONV3D[impl])(x, kernel))
   for b in range(2):
     # float32 sums of 27*Cin products of O(1) terms: rounding well under 1e-4.
     np.testing.assert_allclose(y[b], _conv3d_numpy(x[b], kernel), atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize('cin', [3, layers.CONV3D_STACK_FRAMES_BELOW_CHANNELS])
-def test_conv3d_gradients_match_xla_conv3d(cin):
-  """Input and kernel gradients of conv3d_3x3x3 equal those of XLA's own 3-D convolution."""
+@pytest.mark.parametrize('impl, cin', [case for case in CONV3D_CASES if case[1] > 1])
+def test_conv3d_gradients_match_direct_sum(impl, cin):
+  """Input and kernel gradients of both Conv3D formulations equal the direct sums."""
   rng = np.random.default_rng(cin)
-  x = jnp.asarray(rng.normal(size=(1, 4, 6, 5, cin)), jnp.float32)
-  kernel = jnp.asarray(rng.normal(size=(3, 3, 3, cin, 3)), jnp.float32)
-  weights = jnp.asarray(rng.normal(size=(1, 4, 6, 5, 3)), jnp.float32)
-
-  def xla_conv3d(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), ((1, 1),) * 3,
-                                        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
-
-  def loss(conv):
-    return lambda x, kernel: jnp.sum(conv(x, kernel) * weights)
-
-  got = jax.grad(loss(layers.conv3d_3x3x3), argnums=(0, 1))(x, kernel)
-  want = jax.grad(loss(xla_conv3d), argnums=(0, 1))(x, kernel)
-  for g, w in zip(got, want):
-    np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-5)
+  x = rng.normal(size=(2, 4, 6, 5, cin)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, 3, cin, 3)).astype(np.float32)
+  weights = rng.normal(size=(2, 4, 6, 5, 3)).astype(np.float32)
+  dx, dk = jax.jit(jax.grad(lambda x, k: jnp.sum(CONV3D[impl](x, k) * weights), argnums=(0, 1)))(x, kernel)
+  want = [_conv3d_numpy_grads(x[b], kernel, weights[b]) for b in range(2)]
+  # Sums of up to 27*Cout (dx) or B*T*H*W = 240 (dk) float32 products of O(1) terms: rounding under 1e-4.
+  np.testing.assert_allclose(dx, np.stack([d for d, _ in want]), atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(dk, sum(k for _, k in want), atol=1e-4, rtol=1e-5)
 
 
 def test_bicam_boundary_rule():
@@ -229,7 +261,7 @@ def test_co_transformer_block_equals_per_frame_loop():
   rng = np.random.default_rng(6)
   x = rng.normal(size=(1, 4, 4, 4, 8)).astype(np.float32)
   block = blocks.CoTransformerBlock(heads=2)
-  variables = block.init(jax.random.key(1), x)
+  variables = _init(block, x, key=1)
   y = np.asarray(block.apply(variables, x))
   p = variables['params']
   norm = layers.LayerNorm()
@@ -274,19 +306,57 @@ def test_co_transformer_block_equals_per_frame_loop():
     np.testing.assert_allclose(y[0, t], expected, atol=2e-5)
 
 
-def test_depthwise_custom_gradient_matches_grouped_conv():
-  """The hand-written VJP of the shifted-tap depthwise conv equals autodiff of XLA's grouped convolution."""
+def _depthwise_numpy_grads(x, kernel, g):
+  """Gradients (dx, dkernel) of sum(depthwise(x, kernel) * g) by the direct sums, float64.
+
+  x and g (N, H, W, C), kernel (3, 3, C): each channel is its own 3x3 cross-correlation with zero padding 1.
+  """
+  _, h, w, _ = x.shape
+  xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  dxp, dk = np.zeros_like(xp), np.zeros(kernel.shape)
+  g, kernel = g.astype(np.float64), kernel.astype(np.float64)
+  for dy, dx in itertools.product(range(3), repeat=2):
+    window = (slice(None), slice(dy, dy + h), slice(dx, dx + w))
+    dk[dy, dx] = np.sum(xp[window] * g, axis=(0, 1, 2))
+    dxp[window] += g * kernel[dy, dx]
+  return dxp[:, 1:-1, 1:-1], dk
+
+
+@pytest.mark.parametrize('impl', ['cpu_tuned', 'xla'])
+def test_depthwise_gradients_match_direct_sum(impl):
+  """The hand-written VJP ('cpu_tuned') and autodiff of XLA's grouped conv ('xla') equal the direct sums."""
   rng = np.random.default_rng(7)
-  x = jnp.asarray(rng.normal(size=(2, 3, 6, 5, 4)).astype(np.float32))
-  kernel = jnp.asarray(rng.normal(size=(3, 3, 4)).astype(np.float32))
-  weights = jnp.asarray(rng.normal(size=(2, 3, 6, 5, 4)).astype(np.float32))
+  x = rng.normal(size=(2, 3, 6, 5, 4)).astype(np.float32)  # (B, T, H, W, C): two leading batch axes
+  kernel = rng.normal(size=(3, 3, 4)).astype(np.float32)
+  weights = rng.normal(size=(2, 3, 6, 5, 4)).astype(np.float32)
+  loss = lambda x, k: jnp.sum(DEPTHWISE[impl](x, k) * weights)
+  value, (dx, dk) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, kernel)
+  want = np.sum(_conv2d_numpy(x.reshape(6, 6, 5, 4), kernel[:, :, None, :].astype(np.float64), groups=4)
+                * weights.reshape(6, 6, 5, 4))
+  np.testing.assert_allclose(value, want, rtol=1e-5)
+  want_dx, want_dk = _depthwise_numpy_grads(x.reshape(6, 6, 5, 4), kernel, weights.reshape(6, 6, 5, 4))
+  # Sums of 9 (dx) or N*H*W = 180 (dk) float32 products of O(1) terms.
+  np.testing.assert_allclose(dx, want_dx.reshape(x.shape), atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(dk, want_dk, atol=1e-4, rtol=1e-5)
 
-  def grouped(x, k):
-    y = jax.lax.conv_general_dilated(x.reshape(6, 6, 5, 4), k[:, :, None, :], (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=4)
-    return jnp.sum(y.reshape(x.shape) * weights)
 
-  ours = lambda x, k: jnp.sum(layers.depthwise_conv3x3(x, k) * weights)
-  np.testing.assert_allclose(ours(x, kernel), grouped(x, kernel), rtol=1e-5)
-  for a, b in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(grouped, (0, 1))(x, kernel)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+def test_layer_impl_resolution(monkeypatch):
+  """'auto' is 'cpu_tuned' on the CPU backend and 'xla' elsewhere, decided when called (at trace time)."""
+  assert layers.resolve_layer_impl('auto') == 'cpu_tuned'  # the tests run on CPU
+  assert layers.resolve_layer_impl('xla') == 'xla'
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
+  assert layers.resolve_layer_impl('auto') == 'xla'
+  assert layers.resolve_layer_impl('cpu_tuned') == 'cpu_tuned'
+  with pytest.raises(ValueError, match='layer_impl must be one of'):
+    layers.resolve_layer_impl('cuda')
+
+
+def test_layer_impls_share_params_and_declare_logical_axes():
+  """Both formulations have the same params (a checkpoint runs on either), boxed with their logical axes."""
+  x = jnp.zeros((1, 2, 4, 4, 3))
+  for module, kernel_axes in ((lambda impl: layers.Conv3D(5, layer_impl=impl), layers.CONV3D_KERNEL_AXES),
+                              (lambda impl: layers.DepthwiseConv3x3(True, layer_impl=impl),
+                               layers.CONV_KERNEL_AXES)):
+    boxed = {impl: jax.eval_shape(module(impl).init, jax.random.key(0), x)['params'] for impl in ('cpu_tuned', 'xla')}
+    assert nn.get_partition_spec(boxed['xla']) == {'kernel': P(*kernel_axes), 'bias': P(*layers.BIAS_AXES)}
+    assert nn.unbox(boxed['cpu_tuned']) == nn.unbox(boxed['xla'])  # names, shapes and dtypes

@@ -1,10 +1,10 @@
 """Tests for vfusion_jax.logging_utils: metric files, TensorBoard events, progress line, image grids."""
 
+import io as io_lib
 import json
 
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import pytest
 
 from vfusion_jax import logging_utils
@@ -102,6 +102,46 @@ def test_progress_line_rates_and_eta():
   assert '20.00 steps/s' in second and '80.0 ex/s' in second and 'ETA 0:00:35' in second
   assert logging_utils.format_duration(3 * 3600 + 62) == '3:01:02'
   assert logging_utils.format_duration(float('nan')) == '?'
+
+
+class _Stream(io_lib.StringIO):
+
+  def __init__(self, tty):
+    super().__init__()
+    self._tty = tty
+
+  def isatty(self):
+    return self._tty
+
+
+def test_frame_progress_shows_the_steady_rate_and_prints_every_interval():
+  """infer and eval: the rate since the first frame; off a terminal a line per interval (and the last one)."""
+  times = iter([0.0, 10.0, 15.0, 20.0, 30.0, 40.0])
+  stream = _Stream(tty=False)
+  progress = logging_utils.ProgressLine.frames(100, stream=stream, clock=lambda: next(times))
+  first = progress(10)  # From construction: 10 frames in 10 s (compilation included).
+  assert first.startswith('frame  10/100') and '1.00 frames/s' in first and 'elapsed 0:00:10' in first
+  progress(20)  # 5 s after the last line: not printed.
+  third = progress(30)  # 20 frames in 10 s since the first call.
+  assert '2.00 frames/s' in third and 'ETA 0:00:35' in third
+  assert progress.mean_rate == 2.0 and progress.last_rates['frames_per_sec'] == 2.0
+  fourth = progress(50)
+  last = progress(100)
+  assert stream.getvalue().splitlines() == [first, third, fourth, last]
+
+
+def test_frame_progress_redraws_in_place_on_a_terminal():
+  times = iter([0.0, 1.0, 2.0])
+  stream = _Stream(tty=True)
+  progress = logging_utils.ProgressLine.frames(2, stream=stream, clock=lambda: next(times))
+  first, last = progress(1), progress(2)
+  assert stream.getvalue() == f'\r{first}\r{last}\n'
+
+
+def test_progress_line_can_be_silent():
+  stream = _Stream(tty=False)
+  progress = logging_utils.ProgressLine.frames(3, stream=stream, enabled=False)
+  assert 'frame 3/3' in progress(3) and not stream.getvalue()
 
 
 def test_image_strip_layout_pixelwise():

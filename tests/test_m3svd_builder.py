@@ -16,6 +16,7 @@ from conftest import REPO, shared_data
 from test_sources import PLAIN, RELEASE, random_video, tiny_release, write_mp4s
 from vfusion_jax import io
 from vfusion_jax import train_lib
+from vfusion_jax import windows
 from vfusion_jax.data import build
 from vfusion_jax.data import pipeline
 from vfusion_jax.data import sources
@@ -31,8 +32,8 @@ def _examples(name, split, data_dir):
 
 
 def _assert_chunks_match(examples, videos, chunk, streams=sources.STREAMS):
-  """Every example is chunk_starts' chunk of its video, in video-then-frame order, frames equal to ``videos``."""
-  expected = [(name, start) for name in videos for start in sources.chunk_starts(len(videos[name]['ir_gt']), chunk)]
+  """Every example is window_starts' chunk of its video, in video-then-frame order, frames equal to ``videos``."""
+  expected = [(name, start) for name in videos for start in windows.window_starts(len(videos[name]['ir_gt']), chunk)]
   assert [(e['video'].decode(), int(e['frame_index'])) for e in examples] == expected
   for example in examples:
     name, start = example['video'].decode(), int(example['frame_index'])
@@ -151,6 +152,71 @@ def test_bad_options_are_clear_errors(tmp_path):
     build.build(tmp_path / 'missing', tmp_path / 'd')
   assert build.config_name() == 'default'
   assert build.config_name(chunk_frames=16, test_percent=10.0) == 'chunk16_test10'
+
+
+def _all_examples(name, data_dir):
+  builder = tfds.builder_from_directory(str(next(pathlib.Path(data_dir).glob(f'{name}/*'))))
+  return {split: _examples(name, split, data_dir) for split in builder.info.splits}
+
+
+def _assert_same_examples(a, b):
+  assert a.keys() == b.keys()
+  for split in a:
+    assert len(a[split]) == len(b[split]), split
+    for x, y in zip(a[split], b[split]):
+      assert x.keys() == y.keys()
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key], err_msg=f'{split} {key}')
+
+
+def test_parallel_build_writes_the_serial_build_records(release_build, tmp_path):
+  """--num_workers=2 (a pool of processes, each writing whole shards) against TFDS's serial writer."""
+  builder, videos, data_dir, root = release_build
+  parallel = build.build(root, tmp_path / 'p', num_shards=2, chunk_frames=CHUNK, num_workers=2)
+  name = f'm3svd/chunk{CHUNK}'
+  _assert_same_examples(_all_examples(name, data_dir), _all_examples(name, tmp_path / 'p'))
+  for split in ('train', 'test'):
+    assert parallel.info.splits[split].shard_lengths == builder.info.splits[split].shard_lengths
+    assert parallel.info.splits[split].num_bytes == builder.info.splits[split].num_bytes
+    _assert_chunks_match(_examples(name, split, tmp_path / 'p'), videos[split], CHUNK)
+  # The default shard count and the command line: the same examples.
+  command = [sys.executable, '-m', 'vfusion_jax.data.build', f'--manual_dir={root}', f'--data_dir={tmp_path / "c"}',
+             f'--chunk_frames={CHUNK}', '--num_workers=2']
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  _assert_same_examples(_all_examples(name, data_dir), _all_examples(name, tmp_path / 'c'))
+
+
+def test_parallel_build_fails_on_a_bad_video_or_skips_it(tmp_path):
+  tiny_release(tmp_path / 'm', np.random.default_rng(3), {'good': 3, 'bad': 3})
+  frame = tmp_path / 'm' / 'visible_Enhance' / 'bad' / '0002.png'
+  frame.write_bytes(frame.read_bytes()[:60])
+  with pytest.raises(sources.DataError, match='video bad: cannot decode frame .*visible_Enhance/bad/0002.png'):
+    build.build(tmp_path / 'm', tmp_path / 'd', config='c', num_workers=2)
+  assert not list((tmp_path / 'd').rglob('*.array_record*'))
+  assert not list((tmp_path / 'd').rglob('dataset_info.json'))
+  builder = build.build(tmp_path / 'm', tmp_path / 'd', config='c', skip_bad_videos=True, num_workers=2)
+  assert [e['video'].decode() for e in _examples('m3svd/c', 'train', tmp_path / 'd')] == ['good']
+  metadata = json.loads((pathlib.Path(builder.data_dir) / 'metadata.json').read_text())
+  assert [name for name, _ in metadata['skipped_videos']] == ['bad']
+
+
+def test_official_split_puts_the_release_test_videos_in_test(tmp_path):
+  module = build.builder_module()
+  assert len(module.OFFICIAL_TEST_VIDEOS) == len(set(module.OFFICIAL_TEST_VIDEOS)) == 30
+  official, other = module.OFFICIAL_TEST_VIDEOS[3], '0112_0000'
+  videos = tiny_release(tmp_path / 'm', np.random.default_rng(8), {official: 2, other: 2})
+  builder = build.build(tmp_path / 'm', tmp_path / 'd', config='official')
+  assert builder.builder_config is build.make_config('official')
+  assert [e['video'].decode() for e in _examples('m3svd/official', 'test', tmp_path / 'd')] == [official]
+  assert [e['video'].decode() for e in _examples('m3svd/official', 'train', tmp_path / 'd')] == [other]
+  _assert_chunks_match(_examples('m3svd/official', 'test', tmp_path / 'd'), {official: videos[official]}, 8)
+  with pytest.raises(ValueError, match="registered config 'official'"):
+    build.make_config('official', chunk_frames=4)
+  # Split folders decide; an official test video under train/ is a contradiction, not silently 'train'.
+  tiny_release(tmp_path / 'f' / 'train', np.random.default_rng(9), {official: 2})
+  with pytest.raises(sources.DataError, match=f"puts \\['{official}'\\] in 'test'"):
+    build.build(tmp_path / 'f', tmp_path / 'd2', config='official')
 
 
 def test_project_command_builds_the_default_config_read_by_name(tmp_path):

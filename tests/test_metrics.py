@@ -279,6 +279,23 @@ def test_quantize_fused_constant_frame():
   np.testing.assert_array_equal(metrics.quantize_fused(np.full((3, 4, 5), 0.3)), 0)
 
 
+def test_to_uint8_clips_and_rounds_half_to_even():
+  np.testing.assert_array_equal(metrics.to_uint8(np.array([-0.1, 0.5 / 255, 1.5 / 255, 2.0])), [0, 0, 2, 255])
+  x = np.random.default_rng(3).random((6, 5, 3)).astype(np.float32)
+  np.testing.assert_array_equal(metrics.to_uint8(x), np.round(x * np.float32(255)).astype(np.uint8))
+  u8 = np.arange(256, dtype=np.uint8)
+  assert metrics.to_uint8(u8) is u8
+  with pytest.raises(ValueError, match='uint8 or a float'):
+    metrics.to_uint8(np.zeros(3, np.int32))
+
+
+def test_fused_to_uint8_is_quantize_fused_or_to_uint8():
+  x = np.random.default_rng(3).random((6, 5, 3)).astype(np.float32) * 0.5 + 0.2
+  np.testing.assert_array_equal(metrics.fused_to_uint8(x), metrics.quantize_fused(x))
+  assert metrics.fused_to_uint8(x).max() == 255 and metrics.fused_to_uint8(x).min() == 0
+  np.testing.assert_array_equal(metrics.fused_to_uint8(x, minmax=False), metrics.to_uint8(x))
+
+
 # ----------------------------------------------------------------------------
 # EN.
 
@@ -561,6 +578,24 @@ def test_tdiff_hand_values():
   rgb = np.zeros((2, 4, 5, 3), np.uint8)
   rgb[1, ..., 0], rgb[1, ..., 1] = 3, 4  # L2 over channels: 5.
   assert metrics.tdiff(rgb) == pytest.approx(5.0, rel=1e-12)
+
+
+def test_sequence_metrics_are_the_means_of_their_pair_terms():
+  """Streaming evaluation adds up flowd_fb_term / tdiff_term: exactly what flowd_fb / tdiff return."""
+  pytest.importorskip('cv2')
+  rng = np.random.default_rng(18)
+  fused = np.stack([_smooth_u8(rng, (24, 32, 3), 2) for _ in range(4)])
+  guide = np.stack([_smooth_u8(rng, (24, 32, 3), 2) for _ in range(4)])
+  grey = [metrics.rgb_to_gray(v) for v in guide]
+  flows = [metrics.farneback_backward_flow(grey[t], grey[t - 1]) for t in range(1, 4)]
+  assert metrics.flowd_fb(fused, guide) == np.mean(
+      [metrics.flowd_fb_term(fused[t], fused[t - 1], flows[t - 1]) for t in range(1, 4)])
+  assert metrics.tdiff(fused) == np.mean([metrics.tdiff_term(fused[t], fused[t - 1]) for t in range(1, 4)])
+  assert metrics.tdiff_term(fused[1][..., :1], fused[0][..., :1]) == metrics.tdiff(fused[:2, ..., 0])
+  with pytest.raises(ValueError, match='share one shape'):
+    metrics.tdiff_term(fused[0], fused[1][:-1])
+  with pytest.raises(ValueError, match='uint8'):
+    metrics.flowd_fb_term(fused[0].astype(np.float32), fused[1], flows[0])
 
 
 def test_warp_bilinear_matches_map_coordinates():

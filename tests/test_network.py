@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 import vfusion_jax
 from configs import m3svd
 from conftest import LOCAL_FIXTURES, shared_fixture
-from vfusion_jax import convert
+from vfusion_jax import checkpoint, convert
 from vfusion_jax.models import VideoFusion
 
 # Tolerance of the parity tests. The fixtures hold the official model's outputs computed in float64; the
@@ -31,6 +32,8 @@ BF16_MAX_ATOL = 1e-2
 BF16_MEAN_ATOL = 7e-4
 
 RELEASED_USED_PARAMS = 6_750_742 - 1_216  # REFERENCE.md 5.3 minus the never-used attn.norm LayerNorms
+# Model config fields that change how the network computes, not its parameters (absent from the fixtures).
+COMPUTE_ONLY_FIELDS = ('dtype', 'layer_impl')
 
 
 def _to_channels_last(x):
@@ -59,18 +62,27 @@ def _check_parity(model_config, params, inputs, outputs, gap):
     assert err <= max(ROUNDING_ATOL, 10 * gap[key]['f32_vs_f64_maxabs']), (key, err)
 
 
-def test_tiny_fixture_parity():
+@pytest.fixture(scope='module')
+def tiny_fixture():
   manifest = LOCAL_FIXTURES / 'videofusion_tiny_manifest.json'
-  cfg, params, inputs, outputs = _load_fixture(LOCAL_FIXTURES / 'videofusion_tiny_T3_32.npz', manifest)
-  assert cfg == {k: v for k, v in m3svd.tiny_model().items() if k != 'dtype'}, 'configs tiny != fixture'
-  _check_parity(cfg, params, inputs, outputs, json.loads(manifest.read_text())['determinism_and_precision'])
+  loaded = _load_fixture(LOCAL_FIXTURES / 'videofusion_tiny_T3_32.npz', manifest)
+  return loaded + (json.loads(manifest.read_text())['determinism_and_precision'],)
+
+
+# Both formulations of Conv3D and the depthwise convs (layers.resolve_layer_impl) against the official outputs,
+# with the same float32 rounding bounds: they change only the order of float32 sums.
+@pytest.mark.parametrize('layer_impl', ['cpu_tuned', 'xla'])
+def test_tiny_fixture_parity(tiny_fixture, layer_impl):
+  cfg, params, inputs, outputs, gap = tiny_fixture
+  assert cfg == {k: v for k, v in m3svd.tiny_model().items() if k not in COMPUTE_ONLY_FIELDS}, 'tiny != fixture'
+  _check_parity(dict(cfg, layer_impl=layer_impl), params, inputs, outputs, gap)
 
 
 def test_released_fixture_parity():
   npz = shared_fixture('videofusion_released_T5_64.npz')
   manifest = shared_fixture('videofusion_released_manifest.json')
   cfg, params, inputs, outputs = _load_fixture(npz, manifest)
-  assert cfg == {k: v for k, v in m3svd.released_model().items() if k != 'dtype'}, 'config != release'
+  assert cfg == {k: v for k, v in m3svd.released_model().items() if k not in COMPUTE_ONLY_FIELDS}, 'config != release'
   _check_parity(cfg, params, inputs, outputs, json.loads(manifest.read_text())['determinism_and_precision'])
 
 
@@ -103,7 +115,7 @@ def tiny():
   cfg = m3svd.tiny_model()
   model = VideoFusion(**cfg)
   x = jnp.zeros((1, 2, 8, 8, 3))
-  params = model.init(jax.random.key(0), x, x)['params']
+  params = nn.unbox(model.init(jax.random.key(0), x, x)['params'])
   return cfg, model, params
 
 
@@ -174,3 +186,14 @@ def test_traced_graph_does_not_grow_with_time(tiny):
     return len(jax.make_jaxpr(model.apply)({'params': params}, x, x).jaxpr.eqns)
 
   assert count(2) == count(9)
+
+
+def test_checkpoint_written_before_layer_impl_loads(tiny, tmp_path):
+  """A config.json without layer_impl (older checkpoints, the converter's fixtures) loads; the network is 'auto'."""
+  cfg, _, params = tiny
+  assert cfg.layer_impl == 'auto'
+  older = {k: v for k, v in cfg.items() if k != 'layer_impl'}
+  checkpoint.save_inference_checkpoint(tmp_path / 'ckpt', params, older)
+  loaded, stored = checkpoint.load_inference_checkpoint(tmp_path / 'ckpt', dict(cfg, layer_impl='xla'))
+  assert 'layer_impl' not in stored and VideoFusion(**stored).layer_impl == 'auto'
+  assert jax.tree.all(jax.tree.map(np.array_equal, loaded, params))

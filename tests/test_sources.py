@@ -128,12 +128,6 @@ def test_natural_order_and_max_frames_and_video_filter(tmp_path):
   assert video.num_frames == 3 and len(video.frame_names) == 3 and video.read()['ir_gt'].shape[0] == 3
 
 
-@pytest.mark.parametrize('num_frames,chunk,expected', [(20, 8, [0, 8, 12]), (16, 8, [0, 8]), (5, 8, [0]),
-                                                       (7, 1, list(range(7)))])
-def test_chunk_starts(num_frames, chunk, expected):
-  assert sources.chunk_starts(num_frames, chunk) == expected
-
-
 def test_iter_chunks_cover_the_video_with_full_chunks(tmp_path):
   videos = tiny_release(tmp_path, np.random.default_rng(5), {'v': 7})
   (video,) = sources.scan(tmp_path).videos

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from vfusion_jax import metrics
 from vfusion_jax.data import synthetic
 
 SEEDS = (0, 1, 2)
@@ -118,7 +119,7 @@ def test_source_examples():
   np.testing.assert_array_equal(clone[3]['vi_gt'], example['vi_gt'])
   np.testing.assert_array_equal(source[-1]['ir_gt'], source[5]['ir_gt'])
   video = synthetic.synthetic_video_pair(np.random.SeedSequence([5, 1]), num_frames=10, height=32, width=48)
-  np.testing.assert_array_equal(source[2]['ir_gt'], synthetic.to_uint8(video['ir_gt'][:4]))
-  np.testing.assert_array_equal(example['vi_gt'], synthetic.to_uint8(video['vi_gt'][4:8]))
+  np.testing.assert_array_equal(source[2]['ir_gt'], metrics.to_uint8(video['ir_gt'][:4]))
+  np.testing.assert_array_equal(example['vi_gt'], metrics.to_uint8(video['vi_gt'][4:8]))
   with pytest.raises(IndexError):
     source[len(source)]

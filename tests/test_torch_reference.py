@@ -1,4 +1,4 @@
-"""The PyTorch benchmark reference (benchmarks/torch_videofusion.py) against the official golden fixtures.
+"""The PyTorch benchmark reference (reference/torch_videofusion.py) against the official golden fixtures.
 
 Torch is not a project requirement: without it this whole module is skipped. With it, the reference network
 must reproduce the official forward fixtures and the reference loss the official released training loss, so that
@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from benchmarks import torch_videofusion as tvf
+from reference import torch_videofusion as tvf
 from conftest import shared_fixture
 
 # Forward parity. The fixtures hold the official outputs computed in float64; the official model run in float32

@@ -32,6 +32,7 @@ from PIL import Image
 import pytest
 
 import conftest
+import train_with_hooks
 from configs import demo
 from vfusion_jax import checkpoint
 from vfusion_jax import export
@@ -47,6 +48,8 @@ event_accumulator = pytest.importorskip(
     reason='the tensorboard package (event reader) is not installed')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+HOOKED_TRAIN = str(REPO / 'tests' / 'train_with_hooks.py')  # train.py plus the digest and hang hooks
+HOOK_FLAGS = ('--batch_digests', '--hang_after_checkpoint_step=')
 
 TOTAL_STEPS = 6
 CHECKPOINT_EVERY = 3
@@ -79,7 +82,7 @@ TINY_RUN = (
     '--config.preview_every_steps=0',
     '--config.preview_video_frames=0',
 )
-DIGESTS = ('--config.log_batch_digests=True',)
+DIGESTS = ('--batch_digests',)
 PREVIEWS = (f'--config.preview_every_steps={CHECKPOINT_EVERY}', f'--config.preview_video_frames={PREVIEW_FRAMES}',
             f'--config.preview_window={FRAMES}')
 
@@ -160,13 +163,15 @@ class _TrainRun(_Process):
                code_args=(), workdir: str | None = None):
     self.workdir = io.path(workdir or root / name)
     self.args = (f'--workdir={self.workdir}', *args)
-    argv = ['-c', code, *code_args, *self.args] if code else ['train.py', *self.args]
+    program = HOOKED_TRAIN if any(a.startswith(HOOK_FLAGS) for a in args) else 'train.py'
+    argv = ['-c', code, *code_args, *self.args] if code else [program, *self.args]
     super().__init__(root, name, argv, env)
 
   def restart(self):
-    """The same command again, in the same workdir (train.py resumes by itself); output appends to the log."""
+    """The same command again but without a hang, in the same workdir (train.py resumes by itself); output
+    appends to the log."""
     assert self.proc.poll() is not None, f'{self.name} is still running'
-    self.start(['train.py', *self.args])
+    self.start([HOOKED_TRAIN, *(a for a in self.args if not a.startswith('--hang_after_checkpoint_step='))])
 
   def metrics(self) -> list[dict]:
     path = self.workdir / logging_utils.METRICS_FILENAME
@@ -180,7 +185,7 @@ class _TrainRun(_Process):
       return sorted(manager.all_steps())
 
   def digests(self) -> dict[int, str]:
-    lines = (self.workdir / train_lib.BATCH_DIGESTS_FILE).read_text().splitlines()
+    lines = (self.workdir / train_with_hooks.BATCH_DIGESTS_FILE).read_text().splitlines()
     records = [json.loads(line) for line in lines]
     steps = [r['step'] for r in records]
     assert len(steps) == len(set(steps)), f'{self.name}: a step drew two batches: {steps}'
@@ -213,7 +218,7 @@ def training_runs(tmp_path_factory, gcs_emulator):
     # Once step 1 is logged, the init and the train step are in the compilation cache.
     straight.wait_until(lambda: straight.last_step() >= 1, 'first step', COLD_START_TIMEOUT_S)
     resumed = _TrainRun(root, 'resumed', TINY_RUN + DIGESTS + (
-        f'--config.debug_hang_after_checkpoint_step={CHECKPOINT_EVERY}', f'--config.data.num_workers={WORKERS}'),
+        f'--hang_after_checkpoint_step={CHECKPOINT_EVERY}', f'--config.data.num_workers={WORKERS}'),
                         dict(env, **gcs_emulator.env), workdir=f'gs://{gcs_emulator.new_bucket()}/resumed')
     sigterm = _TrainRun(root, 'sigterm', TINY_RUN + (
         f'--config.total_steps={LONG_RUN_STEPS}', f'--config.checkpoint_every_steps={LONG_RUN_STEPS}'), env)

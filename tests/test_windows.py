@@ -5,7 +5,6 @@ import itertools
 import numpy as np
 import pytest
 
-from vfusion_jax import metrics
 from vfusion_jax import windows
 
 
@@ -17,9 +16,18 @@ from vfusion_jax import windows
     (7, 7, 3, [0]),
     (20, 7, 2, [0, 5, 10, 13]),
     (1, 7, 0, [0]),
+    (20, 8, 0, [0, 8, 12]),  # Training chunks of the dataset builders: the same windows.
+    (16, 8, 0, [0, 8]),
+    (7, 1, 0, list(range(7))),
 ])
 def test_window_starts(num_frames, window, overlap, starts):
   assert windows.window_starts(num_frames, window, overlap) == starts
+
+
+@pytest.mark.parametrize('num_frames, window, overlap', [(0, 7, 0), (5, 0, 0), (5, 3, 3), (5, 3, -1)])
+def test_window_starts_rejects_bad_arguments(num_frames, window, overlap):
+  with pytest.raises(ValueError):
+    windows.window_starts(num_frames, window, overlap)
 
 
 def _coverage(plan, num_frames):
@@ -211,12 +219,3 @@ def test_stream_windows_reads_only_num_frames_and_fails_on_short_input():
   assert len(list(windows.stream_windows(iter(frames), 4, _local_model(), windows.WindowConfig(3)))) == 4
   with pytest.raises(ValueError, match='ended after 6 frames; expected 8'):
     list(windows.stream_windows(iter(frames), 8, _local_model(), windows.WindowConfig(3)))
-
-
-def test_uint8_conversions():
-  x = np.random.default_rng(3).random((6, 5, 3)).astype(np.float32) * 0.5 + 0.2
-  np.testing.assert_array_equal(windows.fused_to_uint8(x), metrics.quantize_fused(x))
-  assert windows.fused_to_uint8(x).max() == 255 and windows.fused_to_uint8(x).min() == 0
-  np.testing.assert_array_equal(windows.fused_to_uint8(x, minmax=False), windows.restored_to_uint8(x))
-  np.testing.assert_array_equal(windows.restored_to_uint8(np.array([-0.1, 0.5 / 255, 1.5 / 255, 2.0])),
-                                [0, 0, 2, 255])  # Half to even, clipped.

@@ -54,12 +54,13 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ml_collections.ConfigDict
 
 
 def abstract_params(model_config: Mapping[str, Any]):
-  """ShapeDtypeStructs of the params of ``VideoFusion(**model_config)`` on the default device."""
+  """ShapeDtypeStructs of the params of ``VideoFusion(**model_config)`` on the default device (plain, unboxed)."""
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
   from vfusion_jax.models import VideoFusion  # pylint: disable=g-import-not-at-top
 
   model = VideoFusion(**dict(model_config))
   dummy = jax.ShapeDtypeStruct((1, 2, 4, 4, model.in_channels), jnp.float32)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), dummy, dummy)['params']
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), dummy, dummy)['params'])
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
@@ -109,7 +110,7 @@ def load_inference_checkpoint(directory: io.PathLike, model_config: Mapping[str,
     wanted = model_config_to_dict(model_config)
     have = model_config_to_dict(stored)
     diff = {k: (have.get(k), wanted.get(k)) for k in set(have) | set(wanted)
-            if k != 'dtype' and have.get(k) != wanted.get(k)}
+            if k not in ('dtype', 'layer_impl') and have.get(k) != wanted.get(k)}
     if diff:
       raise ValueError(f'checkpoint {directory} was written for another model config; '
                        f'(checkpoint, requested) differ in: {diff}')

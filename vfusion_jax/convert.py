@@ -203,8 +203,12 @@ def _define_flags():
   flags.DEFINE_bool('overwrite', False, 'replace an existing output directory')
 
 
-if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-
+def run():
+  """Console script ``vfusion-convert``: defines the flags (importing this module defines none) and runs."""
+  from vfusion_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  sys.exit(app.run(main))
+  cli.run_program(main, sys.modules[__name__])
+
+
+if __name__ == '__main__':
+  run()

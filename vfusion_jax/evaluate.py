@@ -6,12 +6,13 @@ same code as streaming inference), frame by frame and in bounded memory for fram
 * **setting** 'degraded' feeds the dataset's degraded frames (``infrared_noise``, ``visible_Blur``); data without
   them is degraded here with ``data.degrade`` and a fixed seed per video. 'normal' feeds the clean frames.
 * **references** 'clean' or 'degraded': the source frames the fusion metrics compare against (METRICS.md 11).
-* Fused frames are quantised exactly as METRICS.md 1 says (per-frame min-max stretch, round half to even) and
-  saved as PNG; the metrics are computed from those uint8 frames. Restored IR/visible are saved as
-  ``round(255 * clip(x, 0, 1))`` (REFERENCE.md 9.2).
+* Fused frames are quantised exactly as METRICS.md 1 says (``metrics.quantize_fused``: per-frame min-max
+  stretch, round half to even) and saved as PNG; the metrics are computed from those uint8 frames. Restored
+  IR/visible are saved as ``round(255 * clip(x, 0, 1))`` (``metrics.to_uint8``, REFERENCE.md 9.2).
 * Metrics (``vfusion_jax.metrics``): EN, MI, MI_nomerge, SF, SD, VIF, SSIM, SSIM_toolboxL1, Qabf per frame;
-  flowD_fb (Farneback flow on the clean visible frames, METRICS.md 10.2) and tdiff per consecutive pair;
-  the mean grey level per frame. Per video = mean over its frames (pairs), overall = mean over videos.
+  flowD_fb (Farneback flow on the clean visible frames, METRICS.md 10.2) and tdiff per consecutive pair
+  (``metrics.flowd_fb_term`` and ``metrics.tdiff_term``, the terms ``metrics.flowd_fb`` and ``metrics.tdiff``
+  average); the mean grey level per frame. Per video = mean over its frames (pairs), overall = mean over videos.
 * The same rows for the trivial baselines: the pixel-wise max and mean of the network's inputs (uint8, no
   stretch).
 * Degraded setting with clean frames: PSNR (BasicSR: uint8 RGB, peak 255) and SSIM (MATLAB SSIM of METRICS.md 6
@@ -51,7 +52,7 @@ from absl import logging
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vfusion_jax import infer
+from vfusion_jax import inference
 from vfusion_jax import io
 from vfusion_jax import logging_utils
 from vfusion_jax import metrics
@@ -79,8 +80,7 @@ LOWER_IS_BETTER = ('flowD_fb',)
 NO_DIRECTION = ('tdiff',)
 RESTORATION_KEYS = ('PSNR_ir_input', 'PSNR_ir_restored', 'SSIM_ir_input', 'SSIM_ir_restored',
                     'PSNR_vi_input', 'PSNR_vi_restored', 'SSIM_vi_input', 'SSIM_vi_restored')
-UINT8_MAX = 255.0
-DEFAULT_FPS = 30.0
+UINT8_MAX = 255.0  # PSNR peak.
 DEFAULT_DEGRADE_SEED = 0
 TABLE_DIGITS = 4
 
@@ -238,8 +238,7 @@ def add_synthetic_degradation(video: EvalVideo, seed: int = DEFAULT_DEGRADE_SEED
   if ir.shape[-1] == 3:
     ir = np.stack([metrics.rgb_to_gray(f) for f in ir])[..., None]
   ir_lq, vi_lq = degrade.degrade_clip(ir, vi, np.random.default_rng(_seed_for(seed, video.name)))
-  to_u8 = lambda x: np.round(np.clip(x, 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
-  arrays = {IR_GT: ir, VI_GT: vi, IR_LQ: to_u8(ir_lq), VI_LQ: to_u8(vi_lq)}
+  arrays = {IR_GT: ir, VI_GT: vi, IR_LQ: metrics.to_uint8(ir_lq), VI_LQ: metrics.to_uint8(vi_lq)}
   notes = video.notes + [f'no released degraded frames: degraded with vfusion_jax.data.degrade '
                          f'(DegradationConfig defaults, seed {seed} + crc32 of the name)']
   return EvalVideo(video.name, video.frame_names, tuple(arrays), _array_frames(arrays), video.fps, notes)
@@ -288,18 +287,6 @@ def restoration_metrics(restored: Mapping[str, np.ndarray], inputs: Mapping[str,
   return row
 
 
-def flowd_term(curr: np.ndarray, prev: np.ndarray, flow: np.ndarray) -> float:
-  """One term of flowD_fb (METRICS.md 10.2): mean L2 (RGB) or |.| (grey) of F_t - warp(F_{t-1})."""
-  warped = metrics.warp_bilinear(prev, flow)
-  diff = curr.astype(np.float64) - warped
-  return float(np.mean(np.sqrt(np.sum(diff * diff, axis=-1)) if diff.ndim == 3 else np.abs(diff)))
-
-
-def tdiff_term(curr: np.ndarray, prev: np.ndarray) -> float:
-  diff = curr.astype(np.float64) - prev.astype(np.float64)
-  return float(np.mean(np.sqrt(np.sum(diff * diff, axis=-1)) if diff.ndim == 3 else np.abs(diff)))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation.
 
@@ -343,22 +330,22 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
   mp4 = None
   if options.save_mp4:
     mp4 = video_io.VideoWriter(writer.folder('videos') / f'{video.name}_fusion.mp4',
-                               options.fps or video.fps or DEFAULT_FPS, overwrite=options.overwrite)
+                               options.fps or video.fps or inference.DEFAULT_FPS, overwrite=options.overwrite)
   rows = {m: [] for m in methods}
   restoration_rows = []
   column = {}  # name -> list of (H, 3) columns over time
   input_intensity = {'IR input': [], 'visible input': []}
   prev = None  # (guide grey, {method: fused uint8}) of the previous frame
-  bar = infer.Progress(video.num_frames, enabled=progress)
+  bar = logging_utils.ProgressLine.frames(video.num_frames, enabled=progress)
   try:
     for t, out in windows.stream_windows(pairs(), video.num_frames, apply_fn, options.window):
       frame = fifo.popleft()
       name = video.frame_names[t]
-      fused = {MODEL: windows.fused_to_uint8(out['fusion'], options.fused_minmax)}
+      fused = {MODEL: metrics.fused_to_uint8(out['fusion'], options.fused_minmax)}
       if options.baselines:
         fused.update(baseline_frames(frame[ir_key], frame[vi_key]))
       io.save_png(fusion_dir / name, fused[MODEL])
-      restored = {k: windows.restored_to_uint8(out[k]) for k in ('ir', 'vi')}
+      restored = {k: metrics.to_uint8(out[k]) for k in ('ir', 'vi')}
       for k, folder in restored_dirs.items():
         io.save_png(folder / name, restored[k])
       if mp4 is not None:
@@ -369,8 +356,8 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
         row = {'method': method, 'video': video.name, 'frame': t, 'frame_name': name}
         row.update(metrics.fusion_metrics(f8, frame[ref_ir_key], frame[ref_vi_key]))
         row[INTENSITY] = float(np.mean(metrics.rgb_to_gray(f8)))
-        row['flowD_fb'] = flowd_term(f8, prev[1][method], flow) if prev is not None else None
-        row['tdiff'] = tdiff_term(f8, prev[1][method]) if prev is not None else None
+        row['flowD_fb'] = metrics.flowd_fb_term(f8, prev[1][method], flow) if prev is not None else None
+        row['tdiff'] = metrics.tdiff_term(f8, prev[1][method]) if prev is not None else None
         rows[method].append(row)
       if restoration:
         row = {'video': video.name, 'frame': t, 'frame_name': name}
@@ -386,7 +373,7 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
       input_intensity['IR input'].append(float(np.mean(metrics.rgb_to_gray(frame[ir_key]))))
       input_intensity['visible input'].append(float(np.mean(metrics.rgb_to_gray(frame[vi_key]))))
       prev = (guide, fused)
-      bar.update(t + 1)
+      bar(t + 1)
     if mp4 is not None:
       mp4.close()
   except BaseException:
@@ -446,7 +433,7 @@ def evaluate(data: Any, output_dir: PathLike, *, checkpoint_dir: Optional[PathLi
   if apply_fn is None:
     if checkpoint_dir is None:
       raise ValueError('pass checkpoint_dir (--checkpoint) or apply_fn')
-    apply_fn, _, _ = infer.load_model(checkpoint_dir, model_config)
+    apply_fn, _, _ = inference.load_model(checkpoint_dir, model_config)
   writer = _Writer(output_dir)
   writer.folder()
   started = time.monotonic()
@@ -676,8 +663,6 @@ def line_plot(series: Mapping[str, Sequence[float]], title: str, xlabel: str, yl
 
 def column_slices(columns: Mapping[str, Sequence[np.ndarray]], column: int) -> np.ndarray:
   """Column-over-time images side by side: each panel (H, T * k, 3), time to the right -> uint8 image."""
-  from vfusion_jax import logging_utils  # pylint: disable=g-import-not-at-top
-
   panels = []
   for cols in columns.values():
     panel = np.stack(cols, axis=1)  # (H, T, 3)

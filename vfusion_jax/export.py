@@ -8,7 +8,6 @@ format as ``vfusion_jax.convert``, so evaluation and inference load either. Both
 
 import sys
 
-from absl import app
 from absl import flags
 
 from vfusion_jax import checkpoint
@@ -43,5 +42,11 @@ def main(argv):
   print(f'wrote {path}')
 
 
+def run():
+  """Console script ``vfusion-export``."""
+  from vfusion_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_program(main, sys.modules[__name__])
+
+
 if __name__ == '__main__':
-  sys.exit(app.run(main))
+  run()

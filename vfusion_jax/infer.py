@@ -1,492 +1,81 @@
 r"""Streaming fusion of real footage: registered IR + visible videos (or frame folders) -> fused video.
 
+  vfusion-infer --ir IR.mp4 --vi VI.mp4 --checkpoint DIR --output FUSED.mp4       # the installed command
   python -m vfusion_jax.infer --ir IR.mp4 --vi VI.mp4 --checkpoint DIR --output FUSED.mp4
   python -m vfusion_jax.infer --ir ir_frames/ --vi vi_frames/ --checkpoint DIR --output fused_frames/ \
-      --output_ir restored_ir.mp4 --output_vi restored_vi/ --start_frame 100 --num_frames 50
+      --output_ir restored_ir.mp4 --output_vi restored_vi/ --start_frame 100 --num_frames 50 \
+      --fuse.window=7 --fuse.overlap=2 --fuse.rule=center
 
 An input is a video file or a folder of PNG frames (natural order); an output whose name ends in a video
 suffix (.mp4, .mkv, .mov, .avi, .webm) is encoded as a video, any other name is a folder of PNG frames. Memory
-is bounded whatever the length: frames are decoded one by one into a ring buffer of one temporal window
-(``windows.stream_windows``), and each fused frame is encoded as soon as no later window can change it.
-Any resolution works (reflect-pad to multiples of 4, crop back; ``--tile_size`` splits large frames into
-overlapping tiles). IR may be grey or RGB: it enters the network as one MATLAB-grey channel, which the network
-repeats to three equal channels as the release feeds IR (exact for grey frames, and it removes the chroma noise
-of decoded grey video); ``--noir_to_gray`` feeds RGB IR unchanged.
+is bounded whatever the length (``inference.fuse_video``, the library behind this program). Any resolution
+works (reflect-pad to multiples of 4, crop back; ``--fuse.tile_size`` splits large frames into overlapping
+tiles). IR may be grey or RGB: it enters the network as one MATLAB-grey channel, which the network repeats to
+three equal channels as the release feeds IR (exact for grey frames, and it removes the chroma noise of decoded
+grey video); ``--noir_to_gray`` feeds RGB IR unchanged.
 
-Inputs, outputs and the checkpoint may be local or ``gs://`` (``vfusion_jax.io``). Outputs are staged under
-hidden names and published when the whole run succeeded (a rename locally; an upload or copy into place in a
-bucket): a failed run leaves nothing under the final names, and existing outputs are never replaced without
-``--overwrite``. Fused frames are
-saved as the release saves them (per-frame min-max stretch; ``--nofused_minmax`` for plain clipping), restored
-frames as ``round(255 * clip(x, 0, 1))``.
+Inputs, outputs and the checkpoint may be local or ``gs://``. A failed run leaves nothing under the final
+names, and existing outputs are never replaced without ``--overwrite``. Fused frames are saved as the release
+saves them (per-frame min-max stretch; ``--fuse.fused_minmax=false`` for plain clipping), restored frames as
+``round(255 * clip(x, 0, 1))``. The ``--fuse.*`` options, ``--checkpoint``, ``--config`` and ``--overwrite`` are
+shared with ``vfusion-eval`` (``vfusion_jax.cli.shared``).
 """
 
-import dataclasses
-import itertools
-import math
 import sys
-import time
-from typing import Any, Iterator, Mapping, Optional, Sequence
 
+from absl import flags
 from absl import logging
-import numpy as np
 
+from vfusion_jax import cli
+from vfusion_jax import inference
 from vfusion_jax import io
-from vfusion_jax import logging_utils
-from vfusion_jax import metrics
-from vfusion_jax import windows
-from vfusion_jax.data import video_io
+from vfusion_jax import runtime
+from vfusion_jax.cli import shared
 
-PathLike = io.PathLike
 
-VIDEO_SUFFIXES = ('.mp4', '.mkv', '.mov', '.avi', '.webm')
-DEFAULT_FPS = 30.0  # For video output from frame folders, which carry no frame rate.
-FPS_TOLERANCE = 1e-3  # Relative difference of two frame rates that still counts as equal.
-PROGRESS_INTERVAL_S = 10.0  # Seconds between progress lines when stderr is not a terminal.
-MIN_NAME_DIGITS = 4  # Output frame names when the input has none: 0000.png, ... (as M3SVD).
-_PNG = '.png'
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Model.
-
-
-def load_model(checkpoint_dir: PathLike, model_config: Optional[Mapping[str, Any]] = None):
-  """Loads an inference checkpoint (converter or training export) -> (apply_fn, params, model_config).
-
-  ``apply_fn`` is a ``windows.ApplyFn``. If ``model_config`` is given, the checkpoint must have been written
-  for the same network (ValueError naming the differing fields otherwise).
-  """
-  from vfusion_jax import checkpoint  # pylint: disable=g-import-not-at-top  # JAX loads only when needed.
-  from vfusion_jax import inference  # pylint: disable=g-import-not-at-top
-
-  path = io.check_access(checkpoint_dir)
-  if not path.exists():
-    raise FileNotFoundError(f'checkpoint {path} does not exist')
-  if not path.is_dir():
-    raise ValueError(f'checkpoint {path} is not a directory (expected params/ and config.json inside)')
-  try:
-    params, stored_config = checkpoint.load_inference_checkpoint(str(path), model_config)
-  except (FileNotFoundError, ValueError):
-    raise
-  except Exception as e:  # Orbax raises assorted types for unreadable or mismatched params.
-    raise ValueError(f'cannot restore the params of checkpoint {path} with its config.json: {e}') from e
-
-  def apply_fn(ir: np.ndarray, vi: np.ndarray) -> dict:
-    return inference.fuse(params, stored_config, ir, vi)
-
-  return apply_fn, params, stored_config
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Inputs.
-
-
-@dataclasses.dataclass(frozen=True)
-class FrameInput:
-  """A video file or a folder of PNG frames, read lazily.
-
-  Attributes:
-    path: the file or folder.
-    num_frames: frames in it.
-    fps: frame rate (None for a frame folder).
-    height, width: frame size.
-    frame_paths: the PNG files of a folder, in order (empty for a video).
-  """
-  path: io.Path
-  num_frames: int
-  fps: Optional[float]
-  height: int
-  width: int
-  frame_paths: tuple[io.Path, ...] = ()
-
-  @property
-  def is_video(self) -> bool:
-    return not self.frame_paths
-
-  def frames(self, start: int = 0, count: Optional[int] = None) -> Iterator[np.ndarray]:
-    """Yields uint8 (H, W, 3) RGB frames start .. start + count - 1, one at a time."""
-    if self.is_video:
-      return video_io.iter_video_frames(self.path, start, count)
-    return self._folder_frames(start, count)
-
-  def _folder_frames(self, start: int, count: Optional[int]) -> Iterator[np.ndarray]:
-    stop = len(self.frame_paths) if count is None else start + count
-    for path in self.frame_paths[start:stop]:
-      frame = video_io.load_png(path)
-      if frame.shape[:2] != (self.height, self.width):
-        raise ValueError(f'{path} is {frame.shape[0]}x{frame.shape[1]}; the first frame of {self.path} is '
-                         f'{self.height}x{self.width}')
-      yield frame
-
-
-def open_input(path: PathLike, what: str = 'input') -> FrameInput:
-  """Opens a video file or PNG frame folder; ``what`` names it in errors ('IR', 'visible')."""
-  path = io.check_access(path)
-  if not path.exists():
-    raise FileNotFoundError(f'{what} {path} does not exist')
-  if path.is_dir():
-    try:
-      paths = video_io.read_frame_folder(path)
-    except ValueError as e:
-      raise ValueError(f'{what} folder {path} holds no PNG frames') from e
-    first = video_io.load_png(paths[0])
-    return FrameInput(path, len(paths), None, first.shape[0], first.shape[1], tuple(paths))
-  try:
-    info = video_io.probe_video(path)
-  except ValueError as e:
-    raise ValueError(f'{what} {path} is not a readable video: {e}') from e
-  if info.num_frames < 1:
-    raise ValueError(f'{what} video {path} has no frames')
-  return FrameInput(path, info.num_frames, info.fps or None, info.height, info.width)
-
-
-def _same_fps(a: float, b: float) -> bool:
-  return abs(a - b) <= FPS_TOLERANCE * max(a, b)
-
-
-@dataclasses.dataclass(frozen=True)
-class FramePlan:
-  """Which frames to fuse and at what rate: frames start .. start + num_frames - 1 of both inputs."""
-  start: int
-  num_frames: int
-  fps: float
-  height: int
-  width: int
-  notes: tuple[str, ...] = ()
-
-
-def plan_frames(ir: FrameInput, vi: FrameInput, *, start_frame: int = 0, num_frames: Optional[int] = None,
-                truncate: bool = False, ignore_fps_mismatch: bool = False,
-                fps: Optional[float] = None) -> FramePlan:
-  """Checks that the inputs are a registered pair and picks the frame range; ValueError explains a mismatch."""
-  notes = []
-  if (ir.height, ir.width) != (vi.height, vi.width):
-    raise ValueError(f'resolution mismatch: IR {ir.path} is {ir.height}x{ir.width} but visible {vi.path} is '
-                     f'{vi.height}x{vi.width}; the pair must be registered at the same size')
-  total = vi.num_frames
-  if ir.num_frames != vi.num_frames:
-    if not truncate:
-      raise ValueError(f'frame-count mismatch: IR {ir.path} has {ir.num_frames} frames, visible {vi.path} has '
-                       f'{vi.num_frames}; pass --truncate to fuse the first {min(ir.num_frames, vi.num_frames)}')
-    total = min(ir.num_frames, vi.num_frames)
-    notes.append(f'frame counts differ (IR {ir.num_frames}, visible {vi.num_frames}): fusing the first {total}')
-  if ir.fps and vi.fps and not _same_fps(ir.fps, vi.fps):
-    if not ignore_fps_mismatch:
-      raise ValueError(f'fps mismatch: IR {ir.path} runs at {ir.fps:g} fps, visible {vi.path} at {vi.fps:g}; '
-                       'frame i of one must be registered to frame i of the other (pass '
-                       '--ignore_fps_mismatch if they are, e.g. a wrong header)')
-    notes.append(f'fps differ (IR {ir.fps:g}, visible {vi.fps:g}): the output uses {fps or vi.fps:g}')
-  if not 0 <= start_frame < total:
-    raise ValueError(f'--start_frame {start_frame} is outside the {total} frames of the input')
-  available = total - start_frame
-  if num_frames is None:
-    num_frames = available
-  elif not 0 < num_frames <= available:
-    raise ValueError(f'--num_frames {num_frames} must lie in [1, {available}] (frames from {start_frame} on)')
-  if fps is None:
-    fps = vi.fps or ir.fps
-    if fps is None:
-      fps = DEFAULT_FPS
-      notes.append(f'frame folders carry no frame rate: using {DEFAULT_FPS:g} fps (set --fps)')
-  elif fps <= 0:
-    raise ValueError(f'--fps must be positive; got {fps}')
-  return FramePlan(start_frame, num_frames, float(fps), vi.height, vi.width, tuple(notes))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Outputs: written under hidden names, renamed into place by commit().
-
-
-def is_video_path(path: PathLike) -> bool:
-  return io.path(path).suffix.lower() in VIDEO_SUFFIXES
-
-
-def check_output(path: PathLike, overwrite: bool, inputs: Sequence[PathLike] = ()) -> io.Path:
-  """Fails early (before any work) if ``path`` cannot be written: exists, missing parent, or is an input."""
-  path = io.check_access(path)
-  for other in inputs:
-    if path.resolve() == io.path(other).resolve():
-      raise ValueError(f'output {path} is also an input')
-  if not io.is_remote(path) and not path.parent.is_dir():
-    raise FileNotFoundError(f'output directory {path.parent} does not exist')
-  if path.exists() and not overwrite:
-    raise FileExistsError(f'{path} already exists; pass --overwrite to replace it')
-  if path.exists() and is_video_path(path) == path.is_dir():
-    raise ValueError(f'{path} exists and is a {"folder" if path.is_dir() else "file"}; an output named so is '
-                     f'written as a {"video file" if is_video_path(path) else "frame folder"}')
-  return path
-
-
-class FrameSink:
-  """Receives uint8 (H, W, 3) frames in order; ``commit()`` publishes them, ``abort()`` discards them."""
-
-  def write(self, frame: np.ndarray, name: str) -> None:
-    raise NotImplementedError
-
-  def commit(self) -> None:
-    raise NotImplementedError
-
-  def abort(self) -> None:
-    raise NotImplementedError
-
-
-class VideoSink(FrameSink):
-  """Encodes frames into a video file (``video_io.VideoWriter``); odd sizes are edge-padded to even."""
-
-  def __init__(self, path: io.Path, fps: float, overwrite: bool):
-    self._writer = video_io.VideoWriter(path, fps, overwrite=overwrite)
-    self._warned = False
-
-  def write(self, frame: np.ndarray, name: str) -> None:
-    del name
-    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
-    if pad_h or pad_w:
-      if not self._warned:
-        logging.warning('%s: 4:2:0 video needs even sizes; padding %dx%d frames by one row/column',
-                        self._writer.path, frame.shape[0], frame.shape[1])
-        self._warned = True
-      frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode='edge')
-    self._writer.write(frame)
-
-  def commit(self) -> None:
-    self._writer.close()
-
-  def abort(self) -> None:
-    self._writer.abort()
-
-
-class FolderSink(FrameSink):
-  """Writes PNG frames into an ``io.StagedDirectory`` published as ``path`` on commit."""
-
-  def __init__(self, path: io.Path, overwrite: bool):
-    self._staged = io.StagedDirectory(path, overwrite=overwrite)
-
-  def write(self, frame: np.ndarray, name: str) -> None:
-    io.save_png(self._staged.path / name, frame)
-
-  def commit(self) -> None:
-    self._staged.commit()
-
-  def abort(self) -> None:
-    self._staged.abort()
-
-
-def open_sink(path: io.Path, fps: float, overwrite: bool) -> FrameSink:
-  return VideoSink(path, fps, overwrite) if is_video_path(path) else FolderSink(path, overwrite)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Progress.
-
-
-class Progress:
-  """Progress of a run on stderr: frames done/total, frames/s, ETA.
-
-  On a terminal the line is redrawn in place for every frame; otherwise one line is printed every
-  ``PROGRESS_INTERVAL_S`` seconds. The rate counts from the first finished frame, so compilation and the first
-  window's latency do not distort the ETA.
-  """
-
-  def __init__(self, total: int, enabled: bool = True, stream=None, clock=time.monotonic):
-    self._total = total
-    self._enabled = enabled
-    self._stream = stream or sys.stderr
-    self._tty = getattr(self._stream, 'isatty', lambda: False)()
-    self._clock = clock
-    self._start = clock()
-    self._first = None  # (frames, time) at the first update
-    self._last_print = -math.inf
-    self.line = ''
-
-  def update(self, done: int) -> str:
-    """Records ``done`` finished frames; returns (and maybe prints) the progress line."""
-    now = self._clock()
-    if self._first is None:
-      self._first = (done, now)
-    frames, since = self._first
-    rate = (done - frames) / (now - since) if now > since and done > frames else float('nan')
-    eta = (self._total - done) / rate if rate > 0 else float('nan')
-    rate_text = f'{rate:.2f} frames/s' if math.isfinite(rate) else '? frames/s'
-    self.line = (f'fused {done}/{self._total} frames ({100.0 * done / max(self._total, 1):5.1f}%) | {rate_text} | '
-                 f'elapsed {logging_utils.format_duration(now - self._start)} | '
-                 f'ETA {logging_utils.format_duration(eta)}')
-    if self._enabled:
-      if self._tty:
-        self._stream.write('\r' + self.line + ('\n' if done == self._total else ''))
-        self._stream.flush()
-      elif done == self._total or now - self._last_print >= PROGRESS_INTERVAL_S:
-        self._stream.write(self.line + '\n')
-        self._stream.flush()
-        self._last_print = now
-    return self.line
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The run.
-
-
-@dataclasses.dataclass(frozen=True)
-class InferResult:
-  """What a run wrote."""
-  num_frames: int
-  fps: float
-  height: int
-  width: int
-  seconds: float
-  outputs: dict
-  notes: tuple[str, ...] = ()
-
-
-def _frame_name(vi: FrameInput, ir: FrameInput, index: int) -> str:
-  for source in (vi, ir):
-    if not source.is_video:
-      return source.frame_paths[index].stem + _PNG
-  digits = max(MIN_NAME_DIGITS, len(str(vi.num_frames - 1)))
-  return f'{index:0{digits}d}{_PNG}'
-
-
-def fuse_video(ir: PathLike, vi: PathLike, output: PathLike, *, checkpoint_dir: Optional[PathLike] = None,
-               apply_fn: Optional[windows.ApplyFn] = None, model_config: Optional[Mapping[str, Any]] = None,
-               output_ir: Optional[PathLike] = None, output_vi: Optional[PathLike] = None,
-               window_config: Optional[windows.WindowConfig] = None, start_frame: int = 0,
-               num_frames: Optional[int] = None, truncate: bool = False, ignore_fps_mismatch: bool = False,
-               fps: Optional[float] = None, overwrite: bool = False, fused_minmax: bool = True,
-               ir_to_gray: bool = True, progress: bool = True) -> InferResult:
-  """Fuses a registered IR/visible pair into ``output`` (and optionally the restored IR/visible).
-
-  Args:
-    ir, vi: video files or PNG frame folders.
-    output: fused video file (video suffix) or frame folder (any other name).
-    checkpoint_dir: inference checkpoint; or pass a ready ``apply_fn`` (``load_model``) instead.
-    apply_fn: the model as a ``windows.ApplyFn``.
-    model_config: if given, the checkpoint must be for this network.
-    output_ir, output_vi: optional outputs for the restored IR and visible frames.
-    window_config: temporal windows and spatial tiles (``windows.WindowConfig``).
-    start_frame, num_frames: fuse frames start_frame .. start_frame + num_frames - 1 (default: to the end).
-    truncate: if the inputs have different frame counts, fuse the shorter length instead of failing.
-    ignore_fps_mismatch: accept inputs whose frame rates differ.
-    fps: frame rate of video outputs (default: the visible input's, else the IR's, else 30).
-    overwrite: replace existing outputs.
-    fused_minmax: save fused frames with the release's per-frame min-max stretch (else clip and round).
-    ir_to_gray: feed IR as one MATLAB-grey channel (the network repeats it to three, as the release feeds
-      grey IR). Exact for grey frames; removes the chroma noise of decoded grey video. False feeds RGB IR as
-      it is.
-    progress: print progress to stderr.
-
-  Returns:
-    an ``InferResult``.
-  """
-  started = time.monotonic()
-  ir_in, vi_in = open_input(ir, 'IR'), open_input(vi, 'visible')
-  plan = plan_frames(ir_in, vi_in, start_frame=start_frame, num_frames=num_frames, truncate=truncate,
-                     ignore_fps_mismatch=ignore_fps_mismatch, fps=fps)
-  targets = {'fusion': output, 'ir': output_ir, 'vi': output_vi}
-  targets = {k: check_output(v, overwrite, (ir, vi)) for k, v in targets.items() if v is not None}
-  if len({p.resolve() for p in targets.values()}) < len(targets):
-    raise ValueError(f'outputs must be distinct; got {sorted(str(p) for p in targets.values())}')
-  if apply_fn is None:
-    if checkpoint_dir is None:
-      raise ValueError('pass checkpoint_dir (--checkpoint) or apply_fn')
-    apply_fn, _, _ = load_model(checkpoint_dir, model_config)
-  for note in plan.notes:
-    logging.warning('%s', note)
-
-  def pairs():
-    ir_frames = ir_in.frames(plan.start, plan.num_frames)
-    vi_frames = vi_in.frames(plan.start, plan.num_frames)
-    for index, (ir_frame, vi_frame) in enumerate(itertools.zip_longest(ir_frames, vi_frames)):
-      for source, frame in ((ir_in, ir_frame), (vi_in, vi_frame)):
-        if frame is None:
-          raise ValueError(f'{source.path} ended after {plan.start + index} frames; its header says '
-                           f'{source.num_frames}')
-      yield (metrics.rgb_to_gray(ir_frame)[..., None] if ir_to_gray else ir_frame), vi_frame
-
-  sinks = {}
-  try:
-    for key, path in targets.items():
-      sinks[key] = open_sink(path, plan.fps, overwrite)
-    bar = Progress(plan.num_frames, enabled=progress)
-    stream = windows.stream_windows(pairs(), plan.num_frames, apply_fn, window_config)
-    for index, out in stream:
-      name = _frame_name(vi_in, ir_in, plan.start + index)
-      for key, sink in sinks.items():
-        frame = (windows.fused_to_uint8(out[key], fused_minmax) if key == 'fusion'
-                 else windows.restored_to_uint8(out[key]))
-        sink.write(frame, name)
-      bar.update(index + 1)
-    for sink in sinks.values():
-      sink.commit()
-  except BaseException:
-    for sink in sinks.values():
-      sink.abort()
-    raise
-  return InferResult(plan.num_frames, plan.fps, plan.height, plan.width, time.monotonic() - started,
-                     {k: str(v) for k, v in targets.items()}, plan.notes)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command line.
-
-
-def _define_flags():
-  """Defines the CLI flags (only when run as a program, so importing this module defines none)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
+def _define_flags() -> None:
+  """Defines the program's flags (from ``run()``, so importing this module defines none)."""
   flags.DEFINE_string('ir', None, 'infrared video file or PNG frame folder', required=True)
   flags.DEFINE_string('vi', None, 'visible video file or PNG frame folder (registered to --ir)', required=True)
-  flags.DEFINE_string('checkpoint', None, 'inference checkpoint directory (params/ + config.json)',
-                      required=True)
   flags.DEFINE_string('output', None, 'fused output: a video file (.mp4, ...) or a frame folder', required=True)
   flags.DEFINE_string('output_ir', None, 'optional restored-IR output (video file or frame folder)')
   flags.DEFINE_string('output_vi', None, 'optional restored-visible output (video file or frame folder)')
-  config_flags.DEFINE_config_file('config', None, 'optional experiment config; the checkpoint must match its '
-                                  'model section', lock_config=True)
-  flags.DEFINE_integer('window', windows.DEFAULT_WINDOW, 'frames per model call (T)')
-  flags.DEFINE_integer('overlap', 0, 'frames shared by consecutive windows')
-  flags.DEFINE_enum('rule', windows.DEFAULT_RULE, windows.RULES, 'how overlapping predictions combine')
-  flags.DEFINE_integer('tile_size', 0, 'process frames larger than this (pixels, multiple of 4) in tiles; '
-                       '0 = never')
-  flags.DEFINE_integer('tile_overlap', windows.DEFAULT_TILE_OVERLAP, 'minimum overlap of tiles (pixels)')
   flags.DEFINE_integer('start_frame', 0, 'first frame to fuse (0-based)')
   flags.DEFINE_integer('num_frames', None, 'frames to fuse (default: to the end)')
   flags.DEFINE_bool('truncate', False, 'if the frame counts differ, fuse the shorter length instead of failing')
   flags.DEFINE_bool('ignore_fps_mismatch', False, 'accept inputs with different frame rates')
-  flags.DEFINE_float('fps', None, 'frame rate of video outputs (default: the visible input\'s)')
-  flags.DEFINE_bool('overwrite', False, 'replace existing outputs')
-  flags.DEFINE_bool('fused_minmax', True, 'save fused frames with the per-frame min-max stretch of the release')
   flags.DEFINE_bool('ir_to_gray', True, 'feed IR as one grey channel (exact for grey IR); --noir_to_gray feeds '
                     'RGB IR as it is')
   flags.DEFINE_bool('progress', True, 'print progress (frames/s, ETA) to stderr')
+  shared.define_flags()
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
   if len(argv) > 1:
     raise SystemExit(f'error: unexpected arguments {argv[1:]}')
   f = flags.FLAGS
   if not f['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and XLA log every restore step at INFO.
   try:
-    window_config = windows.WindowConfig(f.window, f.overlap, f.rule, f.tile_size, f.tile_overlap)
-    result = fuse_video(f.ir, f.vi, f.output, checkpoint_dir=f.checkpoint,
-                        model_config=f.config.model if f.config is not None else None,
-                        output_ir=f.output_ir, output_vi=f.output_vi, window_config=window_config,
-                        start_frame=f.start_frame, num_frames=f.num_frames, truncate=f.truncate,
-                        ignore_fps_mismatch=f.ignore_fps_mismatch, fps=f.fps, overwrite=f.overwrite,
-                        fused_minmax=f.fused_minmax, ir_to_gray=f.ir_to_gray, progress=f.progress)
+    result = inference.fuse_video(
+        f.ir, f.vi, f.output, checkpoint_dir=f.checkpoint,
+        model_config=f.config.model if f.config is not None else None, output_ir=f.output_ir,
+        output_vi=f.output_vi, window_config=shared.window_config(f.fuse), start_frame=f.start_frame,
+        num_frames=f.num_frames, truncate=f.truncate, ignore_fps_mismatch=f.ignore_fps_mismatch, fps=f.fuse.fps,
+        overwrite=f.overwrite, fused_minmax=f.fuse.fused_minmax, ir_to_gray=f.ir_to_gray, progress=f.progress)
   except (FileNotFoundError, FileExistsError, ValueError, io.StorageError) as e:
     raise SystemExit(f'error: {e}') from None
   print(f'wrote {result.num_frames} frames ({result.width}x{result.height}, {result.fps:g} fps) in '
-        f'{result.seconds:.1f} s: ' + ', '.join(f'{k} -> {v}' for k, v in result.outputs.items()))
+        f'{result.seconds:.1f} s ({result.frames_per_sec:.2f} frames/s): '
+        + ', '.join(f'{k} -> {v}' for k, v in result.outputs.items()))
+
+
+def run():
+  """Console script ``vfusion-infer``: defines the flags, sets the process up (before JAX starts), runs main."""
+  _define_flags()
+  runtime.setup_process(tuned_allocator=False)
+  cli.run_program(main, sys.modules[__name__], help_modules=(shared,), check_argument=shared.renamed_flag_error)
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
-
-  runtime.setup_process(tuned_allocator=False)
-  _define_flags()
-  app.run(main)
+  run()

@@ -13,12 +13,13 @@ import secrets
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TextIO, Union
 
 from absl import logging
 import numpy as np
 
 from vfusion_jax import io
+from vfusion_jax import metrics
 
 PathLike = io.PathLike
 
@@ -34,9 +35,13 @@ TENSORBOARD_MAX_QUEUE = 100
 # Significant digits of scalars in absl log lines.
 LOG_DIGITS = 6
 
+# ProgressLine: rate shown ('interval': since the previous call; 'mean': since the first call).
+PROGRESS_RATES = ('interval', 'mean')
+# Seconds between frame progress lines (infer, eval) when stderr is not a terminal.
+FRAME_PROGRESS_INTERVAL_S = 10.0
+
 SEPARATOR_PX = 2
 SEPARATOR_VALUE = 255  # White lines between panels.
-UINT8_MAX = 255
 
 
 def _to_python_scalar(name: str, value: Any) -> Union[int, float]:
@@ -70,7 +75,7 @@ def _to_uint8_image(name: str, image: Any) -> np.ndarray:
   if array.dtype != np.uint8:
     if not np.issubdtype(array.dtype, np.floating):
       raise ValueError(f'Image {name!r} must be uint8 or float in [0, 1], got dtype {array.dtype}.')
-    array = np.round(np.clip(array, 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
+    array = metrics.to_uint8(array)
   if array.shape[-1] == 1:
     array = np.repeat(array, 3, axis=-1)
   return array
@@ -315,30 +320,61 @@ def format_duration(seconds: float) -> str:
 
 
 class ProgressLine:
-  """Prints one console line per log step: step/total, loss, steps/s, examples/s and ETA.
+  """One console line of progress, for training steps (train) and fused frames (infer, eval).
 
-  steps/s is measured over the interval since the previous call (the first interval, which usually
-  includes compilation, is measured from construction). The ETA uses the mean rate since the first
-  call, so compilation and single slow intervals do not dominate it.
+  Each call reports ``done`` of ``total`` units: percentage, loss (if given), rate, examples/s (with
+  ``batch_size``), elapsed time and ETA. The rate shown is either the rate since the previous call
+  (``rate='interval'``: training, which calls once per log step; the first interval, which usually includes
+  compilation, runs from construction) or the steady rate since the first call (``rate='mean'``: windowed
+  fusion, whose frames finish a window at a time). The ETA always uses the mean rate since the first call, so
+  compilation and single slow intervals do not dominate it; ``mean_rate`` gives that rate to callers.
+
+  Lines go to ``print_fn`` if given, else to ``stream`` (default stdout): one line per call, at most one per
+  ``interval_s`` seconds (the line of the last unit always); with ``in_place`` on a terminal the line is
+  redrawn in place on every call instead.
 
   Example:
-    progress = ProgressLine(total_steps=100_000, batch_size=8, start_step=restored_step)
-    progress(step, {'loss': loss})  # -> 'step 1200/100000 (1.2%) | loss 0.1234 | ...'
+    progress = ProgressLine(100_000, batch_size=8, start_step=restored_step)
+    progress(step, {'loss': loss})  # -> 'step   1200/100000 (  1.2%) | loss 0.1234 | 3.10 steps/s | ...'
+    progress = ProgressLine.frames(num_frames)  # infer and eval
+    progress(index + 1)  # -> 'frame  30/100 ( 30.0%) | 2.00 frames/s | elapsed 0:00:20 | ETA 0:00:35'
   """
 
-  def __init__(self, total_steps: int, *, batch_size: Optional[int] = None, start_step: int = 0,
-               loss_key: str = 'loss', print_fn: Optional[Callable[[str], None]] = None,
-               clock: Callable[[], float] = time.monotonic):
-    self._total = int(total_steps)
+  def __init__(self, total: int, *, unit: str = 'step', rate: str = 'interval', batch_size: Optional[int] = None,
+               start_step: int = 0, loss_key: str = 'loss', print_fn: Optional[Callable[[str], None]] = None,
+               stream: Optional[TextIO] = None, in_place: bool = False, interval_s: float = 0.0,
+               enabled: bool = True, clock: Callable[[], float] = time.monotonic):
+    if rate not in PROGRESS_RATES:
+      raise ValueError(f'rate must be one of {PROGRESS_RATES}; got {rate!r}')
+    self._total = int(total)
+    self._unit = unit
+    self._rate = rate
     self._batch_size = batch_size
     self._loss_key = loss_key
-    self._print = print_fn or (lambda line: print(line, file=sys.stdout, flush=True))
+    self._print = print_fn
+    self._stream = stream or sys.stdout
+    self._redraw = in_place and getattr(self._stream, 'isatty', lambda: False)()
+    self._interval_s = interval_s
+    self._enabled = enabled
     self._clock = clock
-    self._last_step = int(start_step)
-    self._last_time = clock()
-    self._first_step = None
+    self._start_time = clock()
+    self._last_done = int(start_step)
+    self._last_time = self._start_time
+    self._last_print = -math.inf
+    self._first_done = None
     self._first_time = None
-    self.last_rates: dict = {}  # steps_per_sec, examples_per_sec, eta_seconds of the latest call
+    self.mean_rate = float('nan')  # Units per second since the first call (since construction at the first).
+    self.last_rates: dict = {}  # {unit}s_per_sec, examples_per_sec, eta_seconds of the latest call
+
+  @classmethod
+  def frames(cls, total: int, *, enabled: bool = True, stream: Optional[TextIO] = None,
+             clock: Callable[[], float] = time.monotonic) -> 'ProgressLine':
+    """Progress of fused frames (infer, eval) on ``stream`` (default stderr).
+
+    Shows the steady rate; redrawn in place on a terminal, else a line every ``FRAME_PROGRESS_INTERVAL_S``.
+    """
+    return cls(total, unit='frame', rate='mean', stream=stream or sys.stderr, in_place=True,
+               interval_s=FRAME_PROGRESS_INTERVAL_S, enabled=enabled, clock=clock)
 
   def _loss(self, scalars: Mapping[str, Any]) -> Optional[float]:
     """The `loss_key` entry, else the first key ending in the loss key (e.g. 'train/loss')."""
@@ -349,36 +385,54 @@ class ProgressLine:
         return float(np.asarray(value))
     return None
 
-  def __call__(self, step: int, scalars: Optional[Mapping[str, Any]] = None) -> str:
-    """Prints and returns the progress line for `step`."""
-    step = int(step)
+  def __call__(self, done: int, scalars: Optional[Mapping[str, Any]] = None) -> str:
+    """Records ``done`` finished units (a step number or a frame count); returns (and maybe prints) the line."""
+    done = int(done)
     now = self._clock()
     elapsed = now - self._last_time
-    steps_per_sec = (step - self._last_step) / elapsed if elapsed > 0 else float('nan')
+    interval_rate = (done - self._last_done) / elapsed if elapsed > 0 else float('nan')
     if self._first_time is None:
-      self._first_step, self._first_time = step, now
-      mean_rate = steps_per_sec
+      self._first_done, self._first_time = done, now
+      self.mean_rate = interval_rate
     else:
       span = now - self._first_time
-      mean_rate = (step - self._first_step) / span if span > 0 else float('nan')
-    eta = (self._total - step) / mean_rate if mean_rate > 0 else float('nan')
-    self._last_step, self._last_time = step, now
-    self.last_rates = {'steps_per_sec': steps_per_sec, 'eta_seconds': eta}
+      self.mean_rate = (done - self._first_done) / span if span > 0 else float('nan')
+    eta = (self._total - done) / self.mean_rate if self.mean_rate > 0 else float('nan')
+    self._last_done, self._last_time = done, now
+    rate = interval_rate if self._rate == 'interval' else self.mean_rate
+    self.last_rates = {f'{self._unit}s_per_sec': rate, 'eta_seconds': eta}
     if self._batch_size:
-      self.last_rates['examples_per_sec'] = steps_per_sec * self._batch_size
+      self.last_rates['examples_per_sec'] = rate * self._batch_size
 
     width = len(str(self._total))
-    parts = [f'step {step:>{width}d}/{self._total} ({100.0 * step / max(self._total, 1):5.1f}%)']
+    parts = [f'{self._unit} {done:>{width}d}/{self._total} ({100.0 * done / max(self._total, 1):5.1f}%)']
     loss = self._loss(scalars or {})
     if loss is not None:
       parts.append(f'loss {loss:.4g}')
-    parts.append(f'{steps_per_sec:.2f} steps/s')
+    parts.append(f'{rate:.2f} {self._unit}s/s' if math.isfinite(rate) else f'? {self._unit}s/s')
     if self._batch_size:
-      parts.append(f'{steps_per_sec * self._batch_size:.1f} ex/s')
+      parts.append(f'{rate * self._batch_size:.1f} ex/s')
+    parts.append(f'elapsed {format_duration(now - self._start_time)}')
     parts.append(f'ETA {format_duration(eta)}')
     line = ' | '.join(parts)
-    self._print(line)
+    if self._enabled:
+      self._write(line, now, last=done >= self._total)
     return line
+
+  def _write(self, line: str, now: float, last: bool) -> None:
+    """Redraws ``line`` in place, or writes it as a new line when ``interval_s`` has passed (or on the last)."""
+    if self._redraw and self._print is None:
+      self._stream.write('\r' + line + ('\n' if last else ''))
+      self._stream.flush()
+      return
+    if not (last or now - self._last_print >= self._interval_s):
+      return
+    self._last_print = now
+    if self._print is not None:
+      self._print(line)
+    else:
+      self._stream.write(line + '\n')
+      self._stream.flush()
 
 
 def _panel_to_uint8(panel: Any) -> np.ndarray:
@@ -388,8 +442,7 @@ def _panel_to_uint8(panel: Any) -> np.ndarray:
     array = array[..., None]
   if array.ndim != 3 or array.shape[-1] not in (1, 3):
     raise ValueError(f'Panels must be (H,W), (H,W,1) or (H,W,3), got {array.shape}.')
-  if array.dtype != np.uint8:
-    array = np.round(np.clip(array.astype(np.float32), 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
+  array = metrics.to_uint8(array)
   if array.shape[-1] == 1:
     array = np.repeat(array, 3, axis=-1)
   return array

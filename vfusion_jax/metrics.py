@@ -19,6 +19,11 @@ Conventions shared by every public function:
   ``(H, W)`` but may differ in channel count.
 * EN and MI use the uint8 grey levels; SF, SD, VIF, SSIM and Qabf use float64
   copies with values in 0..255.
+* Float frames become uint8 here, in one place: :func:`to_uint8` (clip and
+  round) and :func:`quantize_fused` (the release's min-max stretch, then
+  :func:`to_uint8`).
+* The temporal metrics take whole sequences; :func:`flowd_fb_term` and
+  :func:`tdiff_term` are their per-pair terms, for evaluation that streams.
 """
 
 import numpy as np
@@ -141,8 +146,47 @@ def quantize_fused(x):
     raise ValueError('x contains NaN or infinite values.')
   if hi == lo:
     return np.zeros(x.shape, np.uint8)
-  y = (x - lo) / (hi - lo)
-  return np.round(y * x.dtype.type(MAX_LEVEL)).astype(np.uint8)
+  return to_uint8((x - lo) / (hi - lo))
+
+
+def to_uint8(x):
+  """Float frames in [0, 1] -> uint8 ``round_half_even(255 * clip(x, 0, 1))``.
+
+  The project's one float-to-8-bit conversion: restored frames (REFERENCE.md
+  9.2), fused frames without the min-max stretch, previews, synthetic and
+  degraded clips, and the last step of :func:`quantize_fused`. Like
+  :func:`quantize_fused` it computes in float64 for float64 input and in
+  float32 for any other float (as torch ``.float()``).
+
+  Args:
+    x: float array of any shape, nominally in [0, 1]; uint8 input is returned
+      unchanged.
+
+  Returns:
+    uint8 array of the same shape.
+
+  Raises:
+    ValueError: for integer (other than uint8), bool or complex input.
+  """
+  x = np.asarray(x)
+  if x.dtype == np.uint8:
+    return x
+  if x.dtype.kind in _NON_FLOAT_KINDS:
+    raise ValueError(f'x must be uint8 or a float array, got dtype {x.dtype}.')
+  if x.dtype != np.float64:
+    x = x.astype(np.float32)
+  one = x.dtype.type(1.0)
+  return np.round(np.clip(x, 0, one) * x.dtype.type(MAX_LEVEL)).astype(np.uint8)
+
+
+def fused_to_uint8(fused, minmax=True):
+  """Fused float frame (any layout, e.g. ``(H, W, 3)``) -> uint8 as infer and eval save it.
+
+  ``minmax=True`` is the release's :func:`quantize_fused` (per-frame min-max
+  stretch, METRICS.md 1); ``minmax=False`` is :func:`to_uint8` (clip, no
+  stretch).
+  """
+  return quantize_fused(fused) if minmax else to_uint8(fused)
 
 
 # ----------------------------------------------------------------------------
@@ -661,11 +705,8 @@ def flowd_fb(fused_frames, guide_frames):
     raise ValueError('fused_frames and guide_frames must share (T, H, W); got '
                      f'{fused.shape[:3]} and {guide.shape[:3]}.')
   guide = [rgb_to_gray(v) for v in guide]
-  dists = []
-  for t in range(1, len(fused)):
-    flow = farneback_backward_flow(guide[t], guide[t - 1])
-    warped = warp_bilinear(fused[t - 1], flow)
-    dists.append(np.mean(_pixel_distance(fused[t], warped)))
+  dists = [flowd_fb_term(fused[t], fused[t - 1], farneback_backward_flow(guide[t], guide[t - 1]))
+           for t in range(1, len(fused))]
   return float(np.mean(dists))
 
 
@@ -682,9 +723,47 @@ def tdiff(fused_frames):
     Mean distance in 0..255 units (0..255*sqrt(3) for RGB).
   """
   fused = _sequence(fused_frames, 'fused_frames')
-  dists = [np.mean(_pixel_distance(fused[t], fused[t - 1]))
-           for t in range(1, len(fused))]
+  dists = [tdiff_term(fused[t], fused[t - 1]) for t in range(1, len(fused))]
   return float(np.mean(dists))
+
+
+def _frame_pair(curr, prev):
+  """Validates two uint8 frames of one shape, (H, W) or (H, W, C)."""
+  curr, prev = np.asarray(curr), np.asarray(prev)
+  if curr.dtype != np.uint8 or prev.dtype != np.uint8:
+    raise ValueError(f'frames must be uint8, got {curr.dtype} and {prev.dtype}.')
+  if curr.shape != prev.shape or curr.ndim not in (2, 3):
+    raise ValueError('frames must share one shape (H, W) or (H, W, C), got '
+                     f'{curr.shape} and {prev.shape}.')
+  return curr, prev
+
+
+def flowd_fb_term(curr, prev, flow):
+  """One term d_t of :func:`flowd_fb`, for streaming evaluation.
+
+  Args:
+    curr: uint8 fused frame F_t, ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``.
+    prev: uint8 fused frame F_{t-1} of the same shape.
+    flow: float ``(H, W, 2)`` :func:`farneback_backward_flow` of the guide
+      frames (V_t, V_{t-1}).
+
+  Returns:
+    ``mean_x |F_t - warp(F_{t-1})|`` (L2 over channels for RGB), in 0..255
+    units (0..255*sqrt(3) for RGB).
+  """
+  curr, prev = _frame_pair(curr, prev)
+  return float(np.mean(_pixel_distance(curr, warp_bilinear(prev, flow))))
+
+
+def tdiff_term(curr, prev):
+  """One term ``mean_x |F_t - F_{t-1}|`` of :func:`tdiff` (L2 over channels for RGB).
+
+  Args:
+    curr: uint8 fused frame F_t, ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``.
+    prev: uint8 fused frame F_{t-1} of the same shape.
+  """
+  curr, prev = _frame_pair(curr, prev)
+  return float(np.mean(_pixel_distance(curr, prev)))
 
 
 def intensity_curve(frames):

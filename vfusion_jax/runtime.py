@@ -19,8 +19,8 @@ CPU_XLA_FLAGS = ('--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
 # over 32 MiB is a fresh mmap whose 4 KiB pages fault in on first touch. hugetlb=1: transparent huge pages for
 # malloc'd memory (the kernel's THP mode is 'madvise' here); mmap_max=0: large buffers come from the heap and
 # are reused; trim_threshold: freed memory is kept for the next step. The released train step ran 1.38x faster
-# with them (17.78 -> 12.87 s); the forward alone ~8 % slower, so only training uses them. glibc reads
-# GLIBC_TUNABLES only at process start-up.
+# with them (17.78 -> 12.87 s); the forward alone ran ~8 % slower on the AVX-512 EPYC (faster on the other CPUs
+# measured), so only training uses them. glibc reads GLIBC_TUNABLES only at process start-up.
 ALLOCATOR_TUNABLES = ('glibc.malloc.hugetlb=1', 'glibc.malloc.mmap_max=0', 'glibc.malloc.trim_threshold=68719476736')
 ALLOCATOR_ENV = 'VFUSION_JAX_ALLOCATOR'  # 'default' keeps glibc's defaults
 _REEXEC_MARK = '_VFUSION_JAX_ALLOCATOR_SET'
@@ -125,7 +125,8 @@ def setup_process(tuned_allocator: bool = True) -> None:
   """What every entry point does before importing the rest: allocator, XLA flags, compilation cache.
 
   ``tuned_allocator``: training wants it (the released train step ran 1.38x faster); forward-only work
-  (eval, infer) does not (its forward ran ~8 % slower with it; docs/performance.md).
+  (eval, infer) goes without (its forward ran ~8 % slower with it on the AVX-512 EPYC, though faster on the Xeon
+  and the AVX2 EPYC: docs/performance.md).
   """
   if tuned_allocator:
     use_tuned_allocator()

@@ -1,49 +1,52 @@
-"""Device mesh over batch ('data') and time ('time'), logical axis rules, shardings, host-local -> global arrays.
+"""Device mesh over batch ('data') and time ('time'), Flax logical-axis rules -> shardings, host -> global arrays.
 
 The mesh uses Auto axes (``jax.sharding.Mesh``), the classic GSPMD style: ``jax.make_mesh`` defaults to
 Explicit axes since jax 0.9 (STACK.md A.5), which this code does not use.
 
-Logical axes: the model names the axes of its activations (`ACTIVATION_AXES`) and of its parameters (by rank:
-every kernel is (..., in, out), `param_logical_axes`); one rules table (``config.sharding.logical_axis_rules``,
-`DEFAULT_LOGICAL_AXIS_RULES`) maps each logical name to a mesh axis or None. The default shards clips over
-batch and time and replicates parameters; `FSDP_LOGICAL_AXIS_RULES` also splits every large kernel's output
-channels over 'data' (and with them its Adam moments), for configs whose parameters and optimiser state
-should not be held whole by every device.
+Logical axes are Flax's logical partitioning. The layers declare each parameter with
+``nn.with_logical_partitioning`` and the names of its axes (`vfusion_jax.models.layers`: conv kernels
+('kernel_height', 'kernel_width', 'conv_in', 'conv_out'), Conv3D kernels with 'kernel_time' first, biases
+('conv_out',), LayerNorm scales ('norm_channels',), attention temperatures ('heads',)), and the network pins
+its (B, T, H, W, C) activations with ``nn.with_logical_constraint``. One rules table
+(``config.sharding.logical_axis_rules``, `DEFAULT_LOGICAL_AXIS_RULES`) maps each name to a mesh axis or None:
+through ``nn.logical_axis_rules`` while tracing (`activation_rules`), and through ``nn.get_partition_spec`` +
+``nn.logical_to_mesh_axes`` for the train state (`state_shardings`), which adds two rules of its own: leaves
+with fewer than ``fsdp_min_size`` elements stay replicated, and a dimension that its mesh axis does not divide
+stays unsharded. The default table shards clips over batch and time and replicates parameters;
+`FSDP_LOGICAL_AXIS_RULES` also splits large kernels' output channels over 'data', and with them their Adam
+moments (``tx.init`` of the boxed params boxes the moments with the same names).
 """
 
 import contextlib
-import contextvars
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
+from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vfusion_jax.models import layers
 
 DATA_AXIS = 'data'
 TIME_AXIS = 'time'
 MESH_AXES = (DATA_AXIS, TIME_AXIS)
 
-# Logical names of a (B, T, H, W, C) activation.
-ACTIVATION_AXES = ('batch', 'time', 'height', 'width', 'channels')
-# Logical names of parameters (and of the optimiser state that mirrors them), by rank.
-PARAM_AXES_BY_RANK = {
-    0: (),
-    1: ('param_channels',),  # biases, LayerNorm scales, attention temperatures
-    4: ('kernel_height', 'kernel_width', 'conv_in', 'conv_out'),  # 2-D, depthwise and 1x1 kernels
-    5: ('kernel_time', 'kernel_height', 'kernel_width', 'conv_in', 'conv_out'),  # Conv3D kernels
-}
+# Logical names of a (B, T, H, W, C) activation, and every logical name the model declares.
+ACTIVATION_AXES = layers.ACTIVATION_AXES
+LOGICAL_AXES = ACTIVATION_AXES + layers.PARAM_AXES
 DEFAULT_LOGICAL_AXIS_RULES = (
     ('batch', DATA_AXIS),
     ('time', TIME_AXIS),
     ('height', None),
     ('width', None),
     ('channels', None),
-    ('param_channels', None),
     ('kernel_time', None),
     ('kernel_height', None),
     ('kernel_width', None),
     ('conv_in', None),
     ('conv_out', None),
+    ('norm_channels', None),
+    ('heads', None),
 )
 # FSDP: kernels' output channels (and their Adam moments) split over 'data'; XLA gathers them where used.
 FSDP_LOGICAL_AXIS_RULES = tuple((name, DATA_AXIS if name == 'conv_out' else axis)
@@ -109,80 +112,70 @@ def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh,
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def _rules_dict(rules: Rules) -> dict:
-  table = {}
+def validate_rules(rules: Rules) -> tuple:
+  """``rules`` as a tuple of (logical name, mesh axis or None) pairs, in Flax's order of precedence.
+
+  Raises ValueError for a name the model does not declare (a typo would otherwise leave its axis silently
+  unsharded) or a mesh axis other than 'data' and 'time'. A name without a rule stays unsharded (Flax's rule).
+  """
+  checked = []
   for entry in rules:
     name, axis = tuple(entry)
-    if axis is not None and axis not in MESH_AXES:
+    if name not in LOGICAL_AXES:
+      raise ValueError(f'logical axis rule {(name, axis)}: the model has no logical axis {name!r}; '
+                       f'its names are {LOGICAL_AXES}')
+    axis = tuple(axis) if isinstance(axis, list) else axis
+    if any(a is not None and a not in MESH_AXES for a in (axis if isinstance(axis, tuple) else (axis,))):
       raise ValueError(f'logical axis {name!r} maps to {axis!r}, which is not a mesh axis {MESH_AXES}')
-    table.setdefault(name, axis)  # the first rule of a name wins
-  return table
+    checked.append((name, axis))
+  return tuple(checked)
 
 
-def logical_to_spec(names: Sequence[str], rules: Rules, shape: Optional[Sequence[int]] = None,
+def _mesh_axis_size(mesh: Mesh, axis: Any) -> int:
+  return int(np.prod([mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,))]))
+
+
+def logical_to_spec(names: Sequence[Optional[str]], rules: Rules, shape: Optional[Sequence[int]] = None,
                     mesh: Optional[Mesh] = None) -> P:
-  """The PartitionSpec of an array whose axes have logical ``names``, under ``rules``.
+  """The mesh PartitionSpec of an array whose axes have logical ``names``: Flax's ``nn.logical_to_mesh_axes``.
 
-  Every name must have a rule (a clear error otherwise). A mesh axis is used at most once (later axes that map
-  to it stay unsharded). With ``shape`` and ``mesh``, a dimension that the mesh axis does not divide stays
-  unsharded, so one rules table serves every parameter size.
+  Rules apply in order, a mesh axis is used at most once per array, and names without a rule are unsharded.
+  With ``shape`` and ``mesh``, a dimension that its mesh axis does not divide stays unsharded too, so one
+  rules table serves every parameter size.
   """
-  table = _rules_dict(rules)
-  missing = [n for n in names if n not in table]
-  if missing:
-    raise ValueError(f'no logical axis rule for {missing}; the rules table names {sorted(table)}')
-  used, spec = set(), []
-  for i, name in enumerate(names):
-    axis = table[name]
-    if axis is not None and (axis in used or (shape is not None and mesh is not None
-                                              and shape[i] % mesh.shape[axis])):
-      axis = None
-    if axis is not None:
-      used.add(axis)
-    spec.append(axis)
-  return P(*spec)
-
-
-def param_logical_axes(shape: Sequence[int]) -> tuple:
-  """Logical axis names of a parameter (or optimiser-state) array of this shape, from its rank."""
-  if len(shape) not in PARAM_AXES_BY_RANK:
-    raise ValueError(f'no logical axis names for a rank-{len(shape)} parameter of shape {tuple(shape)}')
-  return PARAM_AXES_BY_RANK[len(shape)]
+  spec = nn.logical_to_mesh_axes(tuple(names), validate_rules(rules))
+  if shape is None or mesh is None:
+    return spec
+  return P(*(None if axis is not None and shape[i] % _mesh_axis_size(mesh, axis) else axis
+             for i, axis in enumerate(spec)))
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES,
                     fsdp_min_size: int = DEFAULT_FSDP_MIN_SIZE) -> Any:
-  """NamedShardings for every leaf of a params / train-state pytree (of arrays or ShapeDtypeStructs).
+  """NamedShardings for a params / train-state pytree that still holds its ``nn.LogicallyPartitioned`` boxes.
 
-  Leaves get their `param_logical_axes` mapped by ``rules``; leaves with fewer than ``fsdp_min_size``
-  elements are replicated whatever the rules say.
+  ``abstract_state``: e.g. ``jax.eval_shape`` of an init that keeps the boxes (``train_lib.init_state(...,
+  boxed=True)``). Boxed leaves get their logical names (``nn.get_partition_spec``) mapped by `logical_to_spec`
+  with their shape; plain leaves (step counters) and leaves with fewer than ``fsdp_min_size`` elements are
+  replicated whatever the rules say. Returns the structure of ``nn.unbox(abstract_state)``.
   """
-  def one(leaf):
+  rules = validate_rules(rules)
+
+  def one(names: P, leaf: Any) -> NamedSharding:
     shape = tuple(leaf.shape)
     if int(np.prod(shape, dtype=np.int64)) < fsdp_min_size:
       return NamedSharding(mesh, P())
-    return NamedSharding(mesh, logical_to_spec(param_logical_axes(shape), rules, shape, mesh))
-  return jax.tree.map(one, abstract_state)
+    return NamedSharding(mesh, logical_to_spec(tuple(names), rules, shape, mesh))
 
-
-_ACTIVE_RULES: contextvars.ContextVar = contextvars.ContextVar('vfusion_jax_activation_rules', default=None)
+  return jax.tree.map(one, nn.get_partition_spec(abstract_state), nn.unbox(abstract_state))
 
 
 @contextlib.contextmanager
 def activation_rules(mesh: Mesh, rules: Rules = DEFAULT_LOGICAL_AXIS_RULES):
-  """While tracing inside this context, `constrain` pins activations to ``rules`` on ``mesh``."""
-  _rules_dict(rules)  # validate early
-  token = _ACTIVE_RULES.set((mesh, tuple(tuple(r) for r in rules)))
-  try:
+  """While tracing inside, the network's ``nn.with_logical_constraint`` pins activations by ``rules`` on ``mesh``.
+
+  Enters ``jax.set_mesh(mesh)`` and Flax's ``nn.logical_axis_rules(rules)``; outside, the constraints are the
+  identity (single-device inference needs neither).
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(validate_rules(rules)):
     yield
-  finally:
-    _ACTIVE_RULES.reset(token)
-
-
-def constrain(x: jax.Array, names: Sequence[str] = ACTIVATION_AXES) -> jax.Array:
-  """``with_sharding_constraint`` by logical names under the active `activation_rules`; identity outside."""
-  active = _ACTIVE_RULES.get()
-  if active is None:
-    return x
-  mesh, rules = active
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules, x.shape, mesh)))

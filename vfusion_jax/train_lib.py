@@ -1,13 +1,13 @@
 """Training: state, the pure jitted step, and the loop with checkpoints, logging and preemption handling.
 
 ``train_and_evaluate(config, workdir)`` is what ``train.py`` runs. The step is a pure function
-``(state, batch, rng) -> (state, metrics)`` jitted once with explicit shardings over a ('data', 'time') mesh.
+``(state, batch) -> (state, metrics)`` jitted once with explicit shardings over a ('data', 'time') mesh.
 """
 
+import dataclasses
 import json
 import os
-import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -44,26 +44,30 @@ def create_model(config: ml_collections.ConfigDict) -> VideoFusion:
 
 
 def init_state(model: VideoFusion, tx: optax.GradientTransformation, rng: jax.Array,
-               config: ml_collections.ConfigDict) -> TrainState:
-  """Fresh params (PyTorch's default init) and optimiser state. Pure, so it can be jitted with shardings."""
+               config: ml_collections.ConfigDict, boxed: bool = False) -> TrainState:
+  """Fresh params (PyTorch's default init) and optimiser state. Pure, so it can be jitted with shardings.
+
+  The layers declare their params with ``nn.with_logical_partitioning``, and ``tx.init`` of those boxed params
+  boxes the Adam moments with the same logical names. ``boxed=True`` keeps the boxes (what
+  `sharding.state_shardings` reads); the default unboxes them to the plain arrays of the train state.
+  """
   dummy_ir = jnp.zeros((1, 2, 8, 8, 1), jnp.float32)
   dummy_vi = jnp.zeros((1, 2, 8, 8, config.model.in_channels), jnp.float32)
   params = model.init(rng, dummy_ir, dummy_vi)['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return state if boxed else flax.linen.unbox(state)
 
 
 def make_train_step(model: VideoFusion, tx: optax.GradientTransformation, loss_config: Any,
                     schedule: Callable) -> Callable:
-  """Returns the pure train step ``(state, batch, rng) -> (state, metrics)``.
+  """Returns the pure train step ``(state, batch) -> (state, metrics)``.
 
   ``batch`` is the pipeline's contract (``ir_lq``, ``vi_lq``, ``ir_gt``, ``vi_gt``; float32 in [0, 1]).
   A non-finite loss leaves the state unchanged and reports ``finite = False``; the loop then stops.
-  ``rng`` is accepted for the contract's sake: the network has no dropout, so the step is deterministic.
+  The network has no dropout or other randomness, so the step takes no key and is deterministic.
   """
 
-  def train_step(state: TrainState, batch: dict, rng: jax.Array):
-    del rng
-
+  def train_step(state: TrainState, batch: dict):
     def loss_fn(params):
       outputs = model.apply({'params': params}, batch['ir_lq'], batch['vi_lq'])
       total, terms = losses.compute_loss(outputs, batch, loss_config)
@@ -229,14 +233,6 @@ def _log_compiled(compiled) -> None:
     logging.info('train step cost per device: %.1f GFLOP', float(cost.get('flops', 0.0)) / 1e9)
 
 
-def _batch_digest(batch: dict) -> str:
-  import hashlib  # pylint: disable=g-import-not-at-top
-  digest = hashlib.sha256()
-  for key in sorted(batch):
-    digest.update(np.ascontiguousarray(batch[key]).tobytes())
-  return digest.hexdigest()[:16]
-
-
 def sharding_rules(config: ml_collections.ConfigDict) -> tuple:
   """(logical axis rules, FSDP minimum size) of ``config.sharding`` (defaults for configs without it)."""
   section = config.get('sharding') or {}
@@ -263,10 +259,11 @@ class ShardedTrainStep:
     self.data_sharding = sharding.clip_sharding(mesh, self.rules)
     self.replicated = sharding.replicated(mesh)
     self._init = lambda rng: init_state(self.model, self.tx, rng, config)
-    self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
-    self.state_sharding = sharding.state_shardings(self.abstract_state, mesh, self.rules, fsdp_min_size)
+    boxed = jax.eval_shape(lambda rng: init_state(self.model, self.tx, rng, config, boxed=True), jax.random.key(0))
+    self.abstract_state = flax.linen.unbox(boxed)
+    self.state_sharding = sharding.state_shardings(boxed, mesh, self.rules, fsdp_min_size)
     self.step = jax.jit(make_train_step(self.model, self.tx, config.loss, self.schedule),
-                        in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
+                        in_shardings=(self.state_sharding, self.data_sharding),
                         out_shardings=(self.state_sharding, self.replicated),
                         donate_argnums=0)
 
@@ -289,19 +286,32 @@ class ShardedTrainStep:
     """This process's numpy batch as global arrays in the data sharding."""
     return sharding.host_batch_to_global(host_batch, self.mesh, self.rules)
 
-  def compile(self, state: Any, batch: dict, rng: jax.Array):
+  def compile(self, state: Any, batch: dict):
     """Compiles the step for these (possibly abstract) arguments, with the activation constraints active."""
     with sharding.activation_rules(self.mesh, self.rules):
-      return self.step.lower(state, batch, rng).compile()
+      return self.step.lower(state, batch).compile()
 
 
 PREVIEWS_DIR = 'previews'
-BATCH_DIGESTS_FILE = 'batch_digests.jsonl'
 # How long processes wait for each other before the first step (restores and compiles on a pod can be slow).
 FIRST_STEP_BARRIER_TIMEOUT_S = 3600
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike) -> TrainState:
+@dataclasses.dataclass(frozen=True)
+class LoopHooks:
+  """Callbacks into the training loop for tests and tools (the loop runs the same without them).
+
+  ``before_step(step, host_batch, writer)``: the 1-based step about to run, this process's numpy batch and the
+  run's `logging_utils.MetricWriter`. ``after_checkpoint(step, manager)``: a checkpoint of ``step`` was saved
+  (perhaps still being written: ``manager.wait_until_finished()`` to be sure).
+  """
+
+  before_step: Optional[Callable[[int, dict, logging_utils.MetricWriter], None]] = None
+  after_checkpoint: Optional[Callable[[int, Any], None]] = None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike,
+                       hooks: LoopHooks = LoopHooks()) -> TrainState:
   """Trains ``config`` in ``workdir`` (local or ``gs://``), resuming from the latest checkpoint there if any.
 
   Every process runs this. Only process 0 writes logs and previews; every process joins the checkpoint saves,
@@ -315,8 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike) 
   mesh = sharding.make_mesh(config.mesh)
   setup = ShardedTrainStep(config, mesh)
   repl = setup.replicated
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
+  # The first of two keys: the same seed gives the same initial params as the runs documented in docs/.
+  init_rng = jax.random.split(jax.random.key(config.seed))[0]
 
   manager = checkpoint.training_manager(workdir, max_to_keep=config.get('keep_checkpoints', 3))
   latest = manager.latest_step()
@@ -341,8 +351,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike) 
   preview_fn = make_preview_fn(setup.model, repl) if preview_every else None
   progress = logging_utils.ProgressLine(config.total_steps, batch_size=config.batch_size, start_step=start_step,
                                         print_fn=None if is_main else (lambda *_: None))
-  log_digests = bool(config.get('log_batch_digests'))
-  hang_step = config.get('debug_hang_after_checkpoint_step', 0)
   averages = _MetricAverages()
 
   def check_finite(step):
@@ -362,16 +370,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike) 
   with preemption.StopSignal(manager) as stop:
     while step < config.total_steps:
       host_batch = next(iterator)
-      if log_digests:
-        writer.append_jsonl(BATCH_DIGESTS_FILE, {'step': step + 1, 'digest': _batch_digest(host_batch)})
+      if hooks.before_step:
+        hooks.before_step(step + 1, host_batch, writer)
       batch = setup.global_batch(host_batch)
       if compiled_step is None:  # compile once, up front, and report what the step needs
-        compiled_step = setup.compile(state, batch, step_rng)
+        compiled_step = setup.compile(state, batch)
         _log_compiled(compiled_step)
         # The first step's cross-process collective opens the CPU collectives' (gloo) connections, which time
         # out when one process is still restoring or compiling: every process starts its first step together.
         multihost.get_barrier_sync_fn()(key='vfusion_first_step', timeout_ms=FIRST_STEP_BARRIER_TIMEOUT_S * 1000)
-      state, metrics = compiled_step(state, batch, jax.random.fold_in(step_rng, step))
+      state, metrics = compiled_step(state, batch)
       step += 1
       averages.add(step, metrics)
       last_step = step == config.total_steps
@@ -394,15 +402,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike) 
         meta = {'step': step, 'config': json.loads(config.to_json_best_effort())}
         checkpoint.save_training(manager, step, state.params, state.opt_state, meta, iterator)
         writer.flush()
+        if hooks.after_checkpoint:
+          hooks.after_checkpoint(step, manager)
       if stopping:
         logging.warning('Stop requested (signal %s here): saved step %d, exiting.', stop.signal, step)
         print(f'stop requested: saved step {step}, exiting', flush=True)
         break
-      if hang_step and step == hang_step:  # test hook: stay alive after this checkpoint so a test can SIGKILL
-        manager.wait_until_finished()
-        logging.warning('debug_hang_after_checkpoint_step=%d: checkpoint committed, sleeping.', step)
-        while True:
-          time.sleep(1)
   manager.wait_until_finished()
   manager.close()
   writer.close()
@@ -415,10 +420,10 @@ def write_preview(config: ml_collections.ConfigDict, workdir: io.PathLike, param
   """Fuses a held-out synthetic video and writes ``preview.png`` (middle frame) and ``preview.mp4``.
 
   Panels, left to right: degraded IR | degraded visible | fused | restored IR | restored visible. The video is
-  cut into consecutive windows of ``config.preview_window`` frames, the last one ending at the last frame (the
-  official test rule, REFERENCE.md 8.4).
+  cut into consecutive windows of ``config.preview_window`` frames, the last one ending at the last frame
+  (``windows.window_starts``, the official test rule, REFERENCE.md 8.4).
   """
-  from vfusion_jax import inference  # pylint: disable=g-import-not-at-top
+  from vfusion_jax import inference, metrics, windows  # pylint: disable=g-import-not-at-top
   from vfusion_jax.data import degrade, synthetic, video_io  # pylint: disable=g-import-not-at-top
 
   data = config.data
@@ -427,17 +432,14 @@ def write_preview(config: ml_collections.ConfigDict, workdir: io.PathLike, param
   ir_lq, vi_lq = degrade.degrade_clip(pair['ir_gt'], pair['vi_gt'], np.random.default_rng(held_out_seed))
   frames = ir_lq.shape[0]
   window = config.preview_window
-  starts = list(range(0, frames - window + 1, window))
-  if starts[-1] + window < frames:
-    starts.append(frames - window)
   outputs = {k: np.zeros(vi_lq.shape, np.float32) for k in ('fusion', 'ir', 'vi')}
-  for start in starts:
+  for start in windows.window_starts(frames, window):
     out = inference.fuse(params, config, ir_lq[start:start + window], vi_lq[start:start + window])
     for key in outputs:
       outputs[key][start:start + window] = out[key]
   panels = [np.repeat(ir_lq, 3, -1), vi_lq, outputs['fusion'], outputs['ir'], outputs['vi']]
   video = np.concatenate(panels, axis=2)
-  video_u8 = np.round(np.clip(video, 0, 1) * 255).astype(np.uint8)
+  video_u8 = metrics.to_uint8(video)
   workdir = io.path(workdir)
   png_path = workdir / 'preview.png'
   mid = frames // 2
@@ -475,12 +477,12 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> bool:
   return jax.process_count() > 1
 
 
-def run(config: ml_collections.ConfigDict, workdir: io.PathLike) -> TrainState:
+def run(config: ml_collections.ConfigDict, workdir: io.PathLike, hooks: LoopHooks = LoopHooks()) -> TrainState:
   """Entry point of train.py: trains, then writes the fused preview when the config asks for one."""
   from vfusion_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.enable_compilation_cache()
   maybe_initialize_distributed(config)
-  state = train_and_evaluate(config, workdir)
+  state = train_and_evaluate(config, workdir, hooks)
   if config.get('preview_video_frames') and int(state.step) >= config.total_steps:
     params = host_params(state.params)  # every process joins the gather
     if jax.process_index() == 0:

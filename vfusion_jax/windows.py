@@ -1,7 +1,8 @@
 """Temporal windows, spatial pad/crop and tiles: the one place that decides which frames the model sees.
 
-Evaluation (``evaluate.py``) and streaming inference (``infer.py``) both run the network through
-``stream_windows``, so they cannot disagree about which window predicts which frame.
+Evaluation (``evaluate.py``) and streaming inference (``inference.fuse_video``) both run the network through
+``stream_windows``, so they cannot disagree about which window predicts which frame. ``window_starts`` is also
+how the dataset builders cut videos into training chunks and how training previews are fused.
 
 Temporal windows (REFERENCE.md 8.4, with an overlap O): windows of N frames start at 0, N - O, 2 (N - O), ...
 while they fit, and if frames are left over one more window holds the **last N frames**; a video shorter than
@@ -19,7 +20,7 @@ outputs cropped back. Frames larger than ``tile_size`` on either side are split 
 each overlap. The network's transposed attention pools over the whole frame, so tiles change the result;
 tiling is off by default (``tile_size=0``).
 
-This module is pure numpy: the model enters as an ``ApplyFn``.
+This module is pure numpy (data workers import it without JAX): the model enters as an ``ApplyFn``.
 """
 
 import collections
@@ -27,8 +28,6 @@ import dataclasses
 from typing import Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
-
-from vfusion_jax import metrics
 
 RULES = ('blend', 'center', 'official')
 DEFAULT_WINDOW = 7  # The release tests with clips of 7 frames (REFERENCE.md 8.4).
@@ -95,9 +94,17 @@ class WindowConfig:
 
 
 def window_starts(num_frames: int, window: int, overlap: int = 0) -> list[int]:
-  """First frames of the windows of REFERENCE.md 8.4 (generalised to any overlap), increasing."""
+  """First frames of the windows of REFERENCE.md 8.4 (generalised to any overlap), increasing.
+
+  Windows of ``window`` frames (>= 1) start every ``window - overlap`` frames (0 <= overlap < window) while they
+  fit; if frames are left over, one more window ends on the last frame, overlapping the one before it. A video
+  of ``num_frames`` (>= 1) frames no longer than a window is one window. E.g. 20 frames in windows of 8 ->
+  [0, 8, 12].
+  """
   if num_frames < 1:
     raise ValueError(f'a video needs at least 1 frame; got {num_frames}')
+  if window < 1 or not 0 <= overlap < window:
+    raise ValueError(f'need window >= 1 and 0 <= overlap < window; got window {window}, overlap {overlap}')
   if num_frames <= window:
     return [0]
   stride = window - overlap
@@ -331,21 +338,3 @@ def _as_float(x: np.ndarray, name: str) -> np.ndarray:
   if not np.issubdtype(x.dtype, np.floating):
     raise ValueError(f'{name} frames must be uint8 or float in [0, 1]; got dtype {x.dtype}')
   return x.astype(np.float32, copy=False)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Saving outputs as 8-bit frames (REFERENCE.md 9.2, METRICS.md 1).
-
-
-def fused_to_uint8(fused: np.ndarray, minmax: bool = True) -> np.ndarray:
-  """Fused float frame (H, W, 3) -> uint8 as the release saves it.
-
-  ``minmax=True``: per-frame min-max stretch over all channels, then round half to even (METRICS.md 1,
-  ``metrics.quantize_fused``); ``minmax=False``: ``round(255 * clip(x, 0, 1))``.
-  """
-  return metrics.quantize_fused(fused) if minmax else restored_to_uint8(fused)
-
-
-def restored_to_uint8(x: np.ndarray) -> np.ndarray:
-  """Restored float frame in [0, 1] -> uint8 ``round(255 * clip(x, 0, 1))`` (REFERENCE.md 9.2)."""
-  return np.round(np.clip(np.asarray(x, np.float32), 0.0, 1.0) * np.float32(UINT8_MAX)).astype(np.uint8)

@@ -29,9 +29,7 @@ from vfusion_jax.data import sources
 
 PathLike = Union[str, os.PathLike]
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-BUILDER_DIR = REPO_ROOT / 'data' / 'm3svd'
-BUILDER_MODULE = 'm3svd.m3svd_dataset_builder'
+BUILDER_MODULE = 'vfusion_jax.data.m3svd_dataset_builder'
 DATASET_NAME = 'm3svd'
 DEFAULT_CONFIG_NAME = 'default'
 # Short names of the config fields in made-up config names.
@@ -45,12 +43,10 @@ _CONFIG_FLAGS = ('chunk_frames', 'val_videos', 'test_videos', 'val_percent', 'te
 
 @functools.cache
 def builder_module():
-  """The module of the M3SVD builder (data/m3svd/m3svd_dataset_builder.py), imported as `tfds build` does."""
+  """The module of the M3SVD builder, imported as `tfds build` does (not registered by name, so
+  ``tfds.data_source('m3svd', data_dir=...)`` reads the records as written)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if not (BUILDER_DIR / 'm3svd_dataset_builder.py').exists():
-    raise FileNotFoundError(f'the M3SVD builder is not at {BUILDER_DIR}: run from a checkout of the repository')
-  with tfds.core.utils.add_sys_path(BUILDER_DIR.parent):
-    builder_cls = tfds.core.community.builder_cls_from_module(BUILDER_MODULE)
+  builder_cls = tfds.core.community.builder_cls_from_module(BUILDER_MODULE)
   return sys.modules[builder_cls.__module__]
 
 
@@ -80,18 +76,23 @@ def make_config(name: Optional[str] = None, **overrides: Any):
   if unknown:
     raise ValueError(f'unknown M3SVD config fields {sorted(unknown)}; known: {module.config_field_names()}')
   name = name or config_name(**overrides)
-  default = module.Builder.builder_configs[DEFAULT_CONFIG_NAME]
-  if name == DEFAULT_CONFIG_NAME:
-    if config_name(**overrides) != DEFAULT_CONFIG_NAME:
-      raise ValueError(f'the options {overrides} change the data; give them a config name other than '
-                       f'{DEFAULT_CONFIG_NAME!r}')
-    return default
+  registered = module.Builder.builder_configs.get(name)
+  if registered is not None:  # 'default', 'official'
+    changed = {k: v for k, v in overrides.items() if _normalized(v) != _normalized(getattr(registered, k))}
+    if changed:
+      raise ValueError(f'the options {changed} change the data of the registered config {name!r}; give them '
+                       'another config name')
+    return registered
   return module.M3svdConfig(name=name, **overrides)
+
+
+def _normalized(value: Any) -> Any:
+  return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def build(manual_dir: PathLike, data_dir: PathLike, *, num_shards: Optional[int] = None,
           skip_bad_videos: bool = False, overwrite: bool = False, max_examples_per_split: Optional[int] = None,
-          config: Optional[str] = None, **overrides: Any):
+          config: Optional[str] = None, num_workers: int = 1, **overrides: Any):
   """Builds (or reuses) the M3SVD records; returns the prepared TFDS builder.
 
   Args:
@@ -102,7 +103,9 @@ def build(manual_dir: PathLike, data_dir: PathLike, *, num_shards: Optional[int]
     skip_bad_videos: log and leave out malformed videos instead of failing.
     overwrite: rebuild even if the records exist.
     max_examples_per_split: stop each split after this many chunks (quick builds).
-    config: config name (default: 'default' or made from ``overrides``).
+    config: config name (default: 'default' or made from ``overrides``; 'official': the 190 / 30 split).
+    num_workers: processes that decode, compress and write shards in parallel (1: TFDS's serial writer). The
+      same examples in the same order either way; with ``num_shards`` given, the same shard files too.
     **overrides: M3svdConfig fields (chunk_frames, val_videos, test_videos, val_percent, test_percent,
       ir_gray, max_frames_per_video).
   """
@@ -116,9 +119,10 @@ def build(manual_dir: PathLike, data_dir: PathLike, *, num_shards: Optional[int]
   if io.is_remote(data_dir):
     return _build_into_bucket(manual_dir, io.check_access(data_dir), builder_config, num_shards=num_shards,
                               skip_bad_videos=skip_bad_videos, overwrite=overwrite,
-                              max_examples_per_split=max_examples_per_split)
+                              max_examples_per_split=max_examples_per_split, num_workers=num_workers)
   module = builder_module()
-  builder = module.Builder(config=builder_config, data_dir=os.fspath(data_dir), skip_bad_videos=skip_bad_videos)
+  builder = module.Builder(config=builder_config, data_dir=os.fspath(data_dir), skip_bad_videos=skip_bad_videos,
+                           num_workers=num_workers)
   mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), num_shards=num_shards,
@@ -177,8 +181,10 @@ def _define_flags():
                     'how infrared becomes one channel (see vfusion_jax/data/sources.py)')
   flags.DEFINE_integer('max_frames_per_video', None, 'keep only the first frames of each video')
   flags.DEFINE_integer('max_examples_per_split', None, 'stop each split after N chunks')
-  flags.DEFINE_string('config_name', None, 'config name (default: made from the options)')
+  flags.DEFINE_string('config_name', None, "config name (default: made from the options); 'official': the "
+                      'official 190 / 30 split (test = the 30 videos of the release\'s test folder)')
   flags.DEFINE_bool('overwrite', False, 'rebuild even if the records exist')
+  flags.DEFINE_integer('num_workers', 1, 'processes that decode, compress and write shards (same records)')
 
 
 def _overrides_from_flags() -> dict[str, Any]:
@@ -194,6 +200,7 @@ def main(argv: Sequence[str]):
     builder = build(args.manual_dir, args.data_dir, num_shards=args.num_shards,
                     skip_bad_videos=args.skip_bad_videos, overwrite=args.overwrite,
                     max_examples_per_split=args.max_examples_per_split, config=args.config_name,
+                    num_workers=args.num_workers,
                     **_overrides_from_flags())
   except (FileNotFoundError, FileExistsError, ValueError, io.StorageError) as e:  # DataError is a ValueError.
     raise SystemExit(f'error: {e}') from None
@@ -207,6 +214,12 @@ def main(argv: Sequence[str]):
         f"read with: tfds.data_source('{name}', split='train', data_dir='{args.data_dir}')")
 
 
-if __name__ == '__main__':
+def run():
+  """Console script ``vfusion-build-m3svd``: defines the flags (importing this module defines none) and runs."""
+  from vfusion_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  cli.run_program(main, sys.modules[__name__])
+
+
+if __name__ == '__main__':
+  run()

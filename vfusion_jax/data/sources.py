@@ -39,6 +39,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from vfusion_jax import windows
 from vfusion_jax.data import video_io
 
 PathLike = Union[str, os.PathLike]
@@ -139,16 +140,26 @@ class VideoPair:
         buffers[key].append(value)
     return {key: _stack(buffers[key], self.height, self.width, CHANNELS[key]) for key in self.streams}
 
-  def iter_chunks(self, chunk_frames: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Yields (first frame index, stream key -> uint8 (F, H, W, C)) for the chunks of ``chunk_starts``.
+  def num_chunks(self, chunk_frames: int) -> int:
+    """How many chunks `iter_chunks` yields."""
+    return len(windows.window_starts(self.num_frames, chunk_frames))
 
-    Reads every frame once, holding at most ``chunk_frames`` frames.
+  def iter_chunks(self, chunk_frames: int, first: int = 0,
+                  count: Optional[int] = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Yields (first frame index, stream key -> uint8 (F, H, W, C)) for the chunks of ``chunk_frames`` frames.
+
+    The chunks are ``windows.window_starts`` without overlap: the last one ends on the last frame, overlapping
+    the one before it, as in the released test split (REFERENCE.md 8.4); a video shorter than a chunk is one
+    chunk. ``first``, ``count``: only chunks first .. first+count-1 (all from ``first`` if count is None).
+    Reads each needed frame once, holding at most ``chunk_frames`` frames.
     """
-    starts = chunk_starts(self.num_frames, chunk_frames)
+    starts = windows.window_starts(self.num_frames, chunk_frames)[first:None if count is None else first + count]
+    if not starts:
+      return
     size = min(chunk_frames, self.num_frames)
     window = collections.deque(maxlen=size)
     pending = collections.deque(starts)
-    for index, frame in enumerate(self.iter_frames()):
+    for index, frame in enumerate(self.iter_frames(starts[0], starts[-1] + size), start=starts[0]):
       window.append(frame)
       while pending and index + 1 - size == pending[0]:
         yield pending.popleft(), {key: np.stack([f[key] for f in window]) for key in self.streams}
@@ -231,25 +242,6 @@ def _stack(frames: Sequence[np.ndarray], height: int, width: int, channels: int)
   if frames:
     return np.stack(frames)
   return np.zeros((0, height, width, channels), np.uint8)
-
-
-def chunk_starts(num_frames: int, chunk_frames: int) -> list[int]:
-  """First frames of a video's chunks: every ``chunk_frames`` frames, the last chunk ending on the last frame.
-
-  Every chunk has ``chunk_frames`` frames (a video shorter than that is one chunk); when ``chunk_frames``
-  does not divide ``num_frames`` the last chunk overlaps the one before it, as in the released test split
-  (REFERENCE.md 8.4). E.g. 20 frames in chunks of 8 -> [0, 8, 12].
-  """
-  if chunk_frames < 1:
-    raise ValueError(f'chunk_frames must be >= 1, got {chunk_frames}')
-  if num_frames < 1:
-    raise ValueError(f'num_frames must be >= 1, got {num_frames}')
-  if num_frames <= chunk_frames:
-    return [0]
-  starts = list(range(0, num_frames - chunk_frames + 1, chunk_frames))
-  if starts[-1] + chunk_frames < num_frames:
-    starts.append(num_frames - chunk_frames)
-  return starts
 
 
 def assign_split(name: str, *, val_videos: Sequence[str] = (), test_videos: Sequence[str] = (),

@@ -20,6 +20,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from vfusion_jax import metrics
+
 SeedLike = Union[int, np.random.SeedSequence, np.random.Generator]
 
 # Sizes below are for a 128-pixel frame and scale with min(height, width).
@@ -75,7 +77,6 @@ LAMP_INTENSITY_RANGE = (0.3, 0.9)
 LAMP_RADIUS_RANGE = (4.0, 15.0)  # px at 128 px.
 LAMP_COLOUR = (1.0, 0.8, 0.55)
 NIGHT_NOISE_STD_RANGE = (0.004, 0.015)
-UINT8_MAX = 255.0
 
 
 def _as_generator(seed: SeedLike) -> np.random.Generator:
@@ -338,11 +339,6 @@ def synthetic_video_pair(rng: SeedLike = 0, num_frames: int = 16, height: int = 
   return _render(scene, frames)
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  """[0, 1] float -> uint8 grey levels (rounded)."""
-  return np.round(np.clip(x, 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
-
-
 class SyntheticVideoSource:
   """Random-access source of synthetic clips, laid out like the M3SVD TFDS examples.
 
@@ -389,7 +385,7 @@ class SyntheticVideoSource:
                                 frames=range(start, start + self.frames_per_example))
     return dict(video=self.video_name(video), frame_index=start,
                 num_video_frames=self.examples_per_video * self.frames_per_example,
-                ir_gt=to_uint8(pair['ir_gt']), vi_gt=to_uint8(pair['vi_gt']))
+                ir_gt=metrics.to_uint8(pair['ir_gt']), vi_gt=metrics.to_uint8(pair['vi_gt']))
 
   def __repr__(self) -> str:
     return (f'SyntheticVideoSource(num_videos={self.num_videos}, frames_per_video={self.frames_per_video}, '

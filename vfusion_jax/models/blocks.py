@@ -77,13 +77,14 @@ class Attention(nn.Module):
   heads: int
   use_bias: bool = False
   dtype: Dtype = jnp.float32
+  layer_impl: str = 'auto'  # layers.resolve_layer_impl
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
-    temperature = self.param('temperature', nn.initializers.ones, (self.heads,), jnp.float32)
+    temperature = layers.logical_param(self, 'temperature', nn.initializers.ones, (self.heads,), layers.HEADS_AXES)
     qkv = layers.Conv1x1(3 * c, self.use_bias, self.dtype, output_groups=3, name='qkv')(x)
-    q, k, v = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='qkv_dwconv')(qkv)
+    q, k, v = layers.DepthwiseConv3x3(self.use_bias, self.dtype, self.layer_impl, name='qkv_dwconv')(qkv)
     attn = jax.nn.softmax(_attention_logits(q, k, temperature, self.heads), axis=-1)
     out = _apply_attention(attn, v, self.dtype)
     return layers.Conv1x1(c, self.use_bias, self.dtype, name='project_out')(out)
@@ -95,15 +96,16 @@ class CrossAttention(nn.Module):
   heads: int
   use_bias: bool = False
   dtype: Dtype = jnp.float32
+  layer_impl: str = 'auto'  # layers.resolve_layer_impl
 
   @nn.compact
   def __call__(self, x: Array, y: Array) -> Array:
     c = x.shape[-1]
-    temperature = self.param('temperature', nn.initializers.ones, (self.heads,), jnp.float32)
+    temperature = layers.logical_param(self, 'temperature', nn.initializers.ones, (self.heads,), layers.HEADS_AXES)
     q = layers.Conv1x1(c, self.use_bias, self.dtype, name='q')(x)
-    q = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='q_dwconv')(q)
+    q = layers.DepthwiseConv3x3(self.use_bias, self.dtype, self.layer_impl, name='q_dwconv')(q)
     kv = layers.Conv1x1(2 * c, self.use_bias, self.dtype, output_groups=2, name='kv')(y)
-    k, v = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='kv_dwconv')(kv)
+    k, v = layers.DepthwiseConv3x3(self.use_bias, self.dtype, self.layer_impl, name='kv_dwconv')(kv)
     attn = jax.nn.softmax(_attention_logits(q, k, temperature, self.heads), axis=-1)
     out = _apply_attention(attn, v, self.dtype)
     return layers.Conv1x1(c, self.use_bias, self.dtype, name='project_out')(out)
@@ -130,17 +132,20 @@ class CoAttention(nn.Module):
   heads: int
   use_bias: bool = False
   dtype: Dtype = jnp.float32
+  layer_impl: str = 'auto'  # layers.resolve_layer_impl
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
-    temperature = self.param('temperature', nn.initializers.ones, (self.heads,), jnp.float32)
+    temperature = layers.logical_param(self, 'temperature', nn.initializers.ones, (self.heads,), layers.HEADS_AXES)
     q = layers.Conv1x1(c, self.use_bias, self.dtype, name='q')(x)
-    q = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='q_dwconv')(q)
+    q = layers.DepthwiseConv3x3(self.use_bias, self.dtype, self.layer_impl, name='q_dwconv')(q)
     kv_p = layers.Conv1x1(2 * c, self.use_bias, self.dtype, output_groups=2, name='kv_prev')(x)
-    k_p, v_p = map(shift_previous, layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='kv_dwconv_prev')(kv_p))
+    kv_p = layers.DepthwiseConv3x3(self.use_bias, self.dtype, self.layer_impl, name='kv_dwconv_prev')(kv_p)
+    k_p, v_p = map(shift_previous, kv_p)
     kv_n = layers.Conv1x1(2 * c, self.use_bias, self.dtype, output_groups=2, name='kv_next')(x)
-    k_n, v_n = map(shift_next, layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='kv_dwconv_next')(kv_n))
+    kv_n = layers.DepthwiseConv3x3(self.use_bias, self.dtype, self.layer_impl, name='kv_dwconv_next')(kv_n)
+    k_n, v_n = map(shift_next, kv_n)
     attn_p = jax.nn.softmax(_attention_logits(q, k_p, temperature, self.heads), axis=-1)
     attn_n = jax.nn.softmax(_attention_logits(q, k_n, temperature, self.heads), axis=-1)
     # The release applies a second softmax to the product of the two probability maps (near uniform); kept.
@@ -156,13 +161,14 @@ class FeedForward(nn.Module):
   expansion: float
   use_bias: bool = False
   dtype: Dtype = jnp.float32
+  layer_impl: str = 'auto'  # layers.resolve_layer_impl
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
     hidden = int(c * self.expansion)
     y = layers.Conv1x1(2 * hidden, self.use_bias, self.dtype, name='project_in')(x)
-    y = layers.DepthwiseConv3x3(self.use_bias, self.dtype, name='dwconv')(y)
+    y = layers.DepthwiseConv3x3(self.use_bias, self.dtype, self.layer_impl, name='dwconv')(y)
     gated, gate = jnp.split(y, 2, axis=-1)
     y = layers.gelu_exact(gated) * gate
     return layers.Conv1x1(c, self.use_bias, self.dtype, name='project_out')(y)
@@ -176,13 +182,14 @@ class _BlockConfig(nn.Module):
   use_bias: bool = False
   layernorm_type: str = 'WithBias'
   dtype: Dtype = jnp.float32
+  layer_impl: str = 'auto'  # layers.resolve_layer_impl
 
   def _norm(self, name):
     return layers.LayerNorm(self.layernorm_type, dtype=self.dtype, name=name)
 
   def _ffn_residual(self, x):
-    y = FeedForward(self.ffn_expansion_factor, self.use_bias, self.dtype, name='ffn')(self._norm('norm2')(x))
-    return x + y
+    ffn = FeedForward(self.ffn_expansion_factor, self.use_bias, self.dtype, self.layer_impl, name='ffn')
+    return x + ffn(self._norm('norm2')(x))
 
 
 class TransformerBlock(_BlockConfig):
@@ -190,7 +197,7 @@ class TransformerBlock(_BlockConfig):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = x + Attention(self.heads, self.use_bias, self.dtype, name='attn')(self._norm('norm1')(x))
+    x = x + Attention(self.heads, self.use_bias, self.dtype, self.layer_impl, name='attn')(self._norm('norm1')(x))
     return self._ffn_residual(x)
 
 
@@ -200,7 +207,7 @@ class CrossTransformerBlock(_BlockConfig):
   @nn.compact
   def __call__(self, x: Array, s: Array) -> Array:
     norm1 = self._norm('norm1')
-    x = x + CrossAttention(self.heads, self.use_bias, self.dtype, name='attn')(norm1(x), norm1(s))
+    x = x + CrossAttention(self.heads, self.use_bias, self.dtype, self.layer_impl, name='attn')(norm1(x), norm1(s))
     return self._ffn_residual(x)
 
 
@@ -213,7 +220,7 @@ class CoTransformerBlock(_BlockConfig):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = x + CoAttention(self.heads, self.use_bias, self.dtype, name='attn')(self._norm('norm1')(x))
+    x = x + CoAttention(self.heads, self.use_bias, self.dtype, self.layer_impl, name='attn')(self._norm('norm1')(x))
     return self._ffn_residual(x)
 
 
@@ -295,13 +302,14 @@ class Decoder(nn.Module):
   use_bias: bool = False
   layernorm_type: str = 'WithBias'
   dtype: Dtype = jnp.float32
+  layer_impl: str = 'auto'  # layers.resolve_layer_impl
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
     for i in range(self.num_blocks):
       x = TransformerBlock(self.heads, self.ffn_expansion_factor, self.use_bias, self.layernorm_type,
-                           self.dtype, name=f'decoder_{i}')(x)
+                           self.dtype, self.layer_impl, name=f'decoder_{i}')(x)
     x = layers.Conv1x1(c // 2, True, self.dtype, name='conv_0')(x)
     x = layers.leaky_relu(x, 0.2)
     return layers.Conv2D(self.out_channels, 3, use_bias=False, dtype=self.dtype, name='conv_2')(x)
@@ -312,12 +320,13 @@ class Conv3DModule(nn.Module):
 
   features: int
   dtype: Dtype = jnp.float32
+  layer_impl: str = 'auto'  # layers.resolve_layer_impl
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = layers.Conv3D(self.features, self.dtype, name='module_0')(x)
+    x = layers.Conv3D(self.features, self.dtype, self.layer_impl, name='module_0')(x)
     x = layers.leaky_relu(x, 0.2)
-    return layers.Conv3D(self.features, self.dtype, name='module_2')(x)
+    return layers.Conv3D(self.features, self.dtype, self.layer_impl, name='module_2')(x)
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -378,7 +387,7 @@ class FusionModule(_BlockConfig):
   @nn.compact
   def __call__(self, ir: Array, vi: Array) -> Array:
     block = CrossTransformerBlock(self.heads, self.ffn_expansion_factor, self.use_bias, self.layernorm_type,
-                                  self.dtype, name='cross_transformer')
+                                  self.dtype, self.layer_impl, name='cross_transformer')
     q = ir + vi
     return block(q, ir) + block(q, vi)
 
@@ -389,7 +398,7 @@ class CrossModalityDiffEnhance(_BlockConfig):
   @nn.compact
   def __call__(self, x: Array, suppl: Array) -> Array:
     return CrossTransformerBlock(self.heads, self.ffn_expansion_factor, self.use_bias, self.layernorm_type,
-                                 self.dtype, name='cross_transformer')(x, suppl - x)
+                                 self.dtype, self.layer_impl, name='cross_transformer')(x, suppl - x)
 
 
 class TransformerStack(_BlockConfig):
@@ -401,7 +410,7 @@ class TransformerStack(_BlockConfig):
   def __call__(self, x: Array) -> Array:
     for i in range(self.num_layers):
       x = TransformerBlock(self.heads, self.ffn_expansion_factor, self.use_bias, self.layernorm_type,
-                           self.dtype, name=f'transformer_{i}')(x)
+                           self.dtype, self.layer_impl, name=f'transformer_{i}')(x)
     return x
 
 
@@ -411,7 +420,7 @@ class CoAttentionModule(_BlockConfig):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     return CoTransformerBlock(self.heads, self.ffn_expansion_factor, self.use_bias, self.layernorm_type,
-                              self.dtype, name='co_transformer')(x)
+                              self.dtype, self.layer_impl, name='co_transformer')(x)
 
 
 class StackedCoAttention(_BlockConfig):
@@ -423,5 +432,5 @@ class StackedCoAttention(_BlockConfig):
   def __call__(self, x: Array) -> Array:
     for i in range(self.num_layers):
       x = CoAttentionModule(self.heads, self.ffn_expansion_factor, self.use_bias, self.layernorm_type,
-                            self.dtype, name=f'layers_{i}')(x)
+                            self.dtype, self.layer_impl, name=f'layers_{i}')(x)
     return x

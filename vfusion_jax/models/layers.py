@@ -6,7 +6,14 @@ follow the official PyTorch release (see ``vfusion_jax.convert``): ``kernel`` is
 depthwise kernel is (kh, kw, 1, C), a Conv3D kernel is (kt, kh, kw, Cin, Cout).
 
 Initialisers reproduce PyTorch's defaults (REFERENCE.md section 4) so that training from scratch starts from
-the same distribution as the official code.
+the same distribution as the official code. Every parameter is declared with ``nn.with_logical_partitioning``
+and the logical names of its axes (below), so ``init`` returns ``nn.LogicallyPartitioned`` boxes from which
+``vfusion_jax.sharding`` derives shardings; ``nn.unbox`` gives the plain arrays that are stored and applied.
+
+``layer_impl`` selects how the two convolutions XLA:CPU runs slowly are computed (`resolve_layer_impl`):
+'cpu_tuned' (Conv3D as 2-D convolutions, the depthwise conv as fused shifted taps with a hand-written VJP,
+both measured on CPU in docs/performance.md) or 'xla' (XLA's own 3-D and grouped convolutions, for GPU/TPU).
+Both have the same parameters, so a checkpoint runs on either.
 """
 
 from typing import Any, Callable
@@ -18,6 +25,38 @@ from flax import linen as nn
 
 Array = jax.Array
 Dtype = Any
+
+# Logical axis names, what each axis of a parameter or activation is. One rules table
+# (``config.sharding.logical_axis_rules``, vfusion_jax/sharding.py) maps each name to a mesh axis or None.
+ACTIVATION_AXES = ('batch', 'time', 'height', 'width', 'channels')  # a (B, T, H, W, C) clip
+# 2-D, 1x1 and depthwise kernels, HWIO (a depthwise kernel's I is its one input channel per group).
+CONV_KERNEL_AXES = ('kernel_height', 'kernel_width', 'conv_in', 'conv_out')
+CONV3D_KERNEL_AXES = ('kernel_time',) + CONV_KERNEL_AXES
+BIAS_AXES = ('conv_out',)  # a convolution's bias, one per output channel
+NORM_AXES = ('norm_channels',)  # LayerNorm scale and bias
+HEADS_AXES = ('heads',)  # per-head attention temperatures
+PARAM_AXES = CONV3D_KERNEL_AXES + NORM_AXES + HEADS_AXES  # every name a parameter axis may have
+
+LAYER_IMPLS = ('auto', 'cpu_tuned', 'xla')
+
+
+def resolve_layer_impl(layer_impl: str) -> str:
+  """'cpu_tuned' or 'xla' for a ``layer_impl`` of `LAYER_IMPLS`; 'auto' is 'cpu_tuned' on the CPU backend.
+
+  Called while tracing, so 'auto' follows the backend the network runs on, not the one a config was saved on.
+  """
+  if layer_impl not in LAYER_IMPLS:
+    raise ValueError(f'layer_impl must be one of {LAYER_IMPLS}, got {layer_impl!r}')
+  if layer_impl == 'auto':
+    return 'cpu_tuned' if jax.default_backend() == 'cpu' else 'xla'
+  return layer_impl
+
+
+def logical_param(module: nn.Module, name: str, init: Callable, shape: tuple, names: tuple) -> Array:
+  """A float32 parameter whose axes have the logical ``names`` (one per axis of ``shape``); its plain value."""
+  if len(names) != len(shape):
+    raise ValueError(f'{name}: {len(names)} logical axis names {names} for a parameter of shape {shape}')
+  return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
 
 # PyTorch's default Conv initialisation is kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
 # and the same bound for the bias.
@@ -73,7 +112,7 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     features = x.shape[-1]
-    weight = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+    weight = logical_param(self, 'scale', nn.initializers.ones, (features,), NORM_AXES)
     xf = x.astype(jnp.float32)
     mean = jnp.mean(xf, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
@@ -81,7 +120,7 @@ class LayerNorm(nn.Module):
     if self.layernorm_type == 'BiasFree':
       y = xf * inv * weight
     elif self.layernorm_type == 'WithBias':
-      bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+      bias = logical_param(self, 'bias', nn.initializers.zeros, (features,), NORM_AXES)
       y = (xf - mean) * inv * weight + bias
     else:
       raise ValueError(f"layernorm_type must be 'WithBias' or 'BiasFree', got {self.layernorm_type!r}")
@@ -107,9 +146,9 @@ class Conv1x1(nn.Module):
     cin = x.shape[-1]
     if self.features % self.output_groups:
       raise ValueError(f'{self.features} output channels cannot form {self.output_groups} equal groups')
-    kernel = self.param('kernel', self.kernel_init, (1, 1, cin, self.features), jnp.float32)
+    kernel = logical_param(self, 'kernel', self.kernel_init, (1, 1, cin, self.features), CONV_KERNEL_AXES)
     kernel = kernel.reshape(cin, self.features).astype(self.dtype)
-    bias = (self.param('bias', torch_default_bias_init(cin), (self.features,), jnp.float32).astype(self.dtype)
+    bias = (logical_param(self, 'bias', torch_default_bias_init(cin), (self.features,), BIAS_AXES).astype(self.dtype)
             if self.use_bias else None)
     x = x.astype(self.dtype)
     size = self.features // self.output_groups
@@ -150,11 +189,11 @@ class Conv2D(nn.Module):
   def __call__(self, x: Array) -> Array:
     k = self.kernel_size
     cin = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (k, k, cin, self.features), jnp.float32)
+    kernel = logical_param(self, 'kernel', self.kernel_init, (k, k, cin, self.features), CONV_KERNEL_AXES)
     y = _conv2d_same(x.astype(self.dtype), kernel.astype(self.dtype), self.dtype)
     if self.use_bias:
       bias_init = self.bias_init or torch_default_bias_init(k * k * cin)
-      bias = self.param('bias', bias_init, (self.features,), jnp.float32)
+      bias = logical_param(self, 'bias', bias_init, (self.features,), BIAS_AXES)
       y = y + bias.astype(self.dtype)
     return y
 
@@ -207,28 +246,46 @@ def _depthwise_bwd(residuals, g):
 depthwise_conv3x3.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+def depthwise_conv3x3_xla(x: Array, kernel: Array) -> Array:
+  """``depthwise_conv3x3`` as XLA's grouped convolution (one group per channel), differentiated by autodiff.
+
+  x (*batch, H, W, C), kernel (3, 3, C) -> like x. The 'xla' formulation: GPU and TPU compilers have their
+  own depthwise kernels, which the shifted-tap form and its custom VJP would hide from them.
+  """
+  xf, batch_shape = _flatten_batch(x, 2)
+  y = jax.lax.conv_general_dilated(
+      xf, kernel[:, :, None, :], window_strides=(1, 1), padding=((1, 1), (1, 1)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1],
+      preferred_element_type=x.dtype)
+  return y.reshape(batch_shape + y.shape[1:])
+
+
 class DepthwiseConv3x3(nn.Module):
-  """Depthwise 3x3 convolution (groups = channels), zero padding 1 (``depthwise_conv3x3``).
+  """Depthwise 3x3 convolution (groups = channels), zero padding 1.
 
   (*batch, H, W, C) -> same shape. Kernel parameter (3, 3, 1, C), as a grouped Flax/PyTorch conv. Given a
   tuple of arrays (the channel groups of one C-channel map, as ``Conv1x1(output_groups=...)`` returns them),
-  the kernel covers their channels in order and a tuple of the convolved groups is returned.
+  the kernel covers their channels in order and a tuple of the convolved groups is returned. Computed by
+  ``depthwise_conv3x3`` ('cpu_tuned') or ``depthwise_conv3x3_xla`` ('xla'), see `resolve_layer_impl`.
   """
 
   use_bias: bool = False
   dtype: Dtype = jnp.float32
+  layer_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array | tuple[Array, ...]) -> Array | tuple[Array, ...]:
     parts = x if isinstance(x, (tuple, list)) else (x,)
     c = sum(p.shape[-1] for p in parts)
-    kernel = self.param('kernel', torch_default_kernel_init, (3, 3, 1, c), jnp.float32)[:, :, 0].astype(self.dtype)
-    bias = (self.param('bias', torch_default_bias_init(9), (c,), jnp.float32).astype(self.dtype)
+    conv = depthwise_conv3x3 if resolve_layer_impl(self.layer_impl) == 'cpu_tuned' else depthwise_conv3x3_xla
+    kernel = logical_param(self, 'kernel', torch_default_kernel_init, (3, 3, 1, c), CONV_KERNEL_AXES)
+    kernel = kernel[:, :, 0].astype(self.dtype)
+    bias = (logical_param(self, 'bias', torch_default_bias_init(9), (c,), BIAS_AXES).astype(self.dtype)
             if self.use_bias else None)
     outputs, start = [], 0
     for part in parts:
       stop = start + part.shape[-1]
-      y = depthwise_conv3x3(part.astype(self.dtype), kernel[..., start:stop])
+      y = conv(part.astype(self.dtype), kernel[..., start:stop])
       outputs.append(y if bias is None else y + bias[start:stop])
       start = stop
     return tuple(outputs) if isinstance(x, (tuple, list)) else outputs[0]
@@ -264,21 +321,35 @@ def conv3d_3x3x3(x: Array, kernel: Array, dtype: Dtype = jnp.float32) -> Array:
   return y
 
 
+def conv3d_3x3x3_xla(x: Array, kernel: Array, dtype: Dtype = jnp.float32) -> Array:
+  """``conv3d_3x3x3`` as XLA's own 3-D convolution (the 'xla' formulation, for GPU and TPU).
+
+  x (B, T, H, W, Cin), kernel (3, 3, 3, Cin, Cout) -> (B, T, H, W, Cout); zero padding 1 on T, H and W.
+  """
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1, 1), padding=((1, 1),) * 3,
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'), preferred_element_type=dtype)
+
+
 class Conv3D(nn.Module):
   """3x3x3 convolution over (T, H, W), zero padding 1 on every axis (frames outside [0, T) are zeros), bias.
 
-  (B, T, H, W, Cin) -> (B, T, H, W, Cout), computed by ``conv3d_3x3x3``.
+  (B, T, H, W, Cin) -> (B, T, H, W, Cout), computed by ``conv3d_3x3x3`` ('cpu_tuned') or
+  ``conv3d_3x3x3_xla`` ('xla'), see `resolve_layer_impl`.
   """
 
   features: int
   dtype: Dtype = jnp.float32
+  layer_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cin = x.shape[-1]
-    kernel = self.param('kernel', torch_default_kernel_init, (3, 3, 3, cin, self.features), jnp.float32)
-    bias = self.param('bias', torch_default_bias_init(27 * cin), (self.features,), jnp.float32)
-    y = conv3d_3x3x3(x.astype(self.dtype), kernel.astype(self.dtype), self.dtype)
+    conv = conv3d_3x3x3 if resolve_layer_impl(self.layer_impl) == 'cpu_tuned' else conv3d_3x3x3_xla
+    kernel = logical_param(self, 'kernel', torch_default_kernel_init, (3, 3, 3, cin, self.features),
+                           CONV3D_KERNEL_AXES)
+    bias = logical_param(self, 'bias', torch_default_bias_init(27 * cin), (self.features,), BIAS_AXES)
+    y = conv(x.astype(self.dtype), kernel.astype(self.dtype), self.dtype)
     return y + bias.astype(self.dtype)
 
 

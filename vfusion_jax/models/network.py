@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vfusion_jax.models import blocks
-from vfusion_jax.sharding import constrain
+from vfusion_jax.models import blocks, layers
 
 Array = jax.Array
 
@@ -24,6 +23,14 @@ RESIDUAL_BLOCKS_PER_SCALE = 4  # hard-coded in the release, independent of num_b
 
 def _as_dtype(dtype) -> Any:
   return jnp.dtype(dtype) if isinstance(dtype, str) else dtype
+
+
+def _constrain(x: Array) -> Array:
+  """Pins a (B, T, H, W, C) activation to the logical axes `layers.ACTIVATION_AXES` (Flax logical partitioning).
+
+  The identity unless traced under ``nn.logical_axis_rules`` and a mesh (``sharding.activation_rules``).
+  """
+  return nn.with_logical_constraint(x, layers.ACTIVATION_AXES)
 
 
 def validate_inputs(ir: Any, vi: Any, in_channels: int = 3) -> None:
@@ -68,7 +75,9 @@ class VideoFusion(nn.Module):
   Attributes follow the official constructor (snake_case): ``num_features`` is the width F of scale 1
   (scales use F, 2F, 4F); ``num_blocks[s]`` is the number of transformer / BiCAM layers at scale s;
   ``num_heads[s]`` the attention heads at scale s; ``dtype`` the computation dtype (params stay float32);
-  ``remat`` rematerialises every block's activations in the backward pass (same params, less memory).
+  ``remat`` rematerialises every block's activations in the backward pass (same params, less memory);
+  ``layer_impl`` ('auto' | 'cpu_tuned' | 'xla', `layers.resolve_layer_impl`) how Conv3D and the depthwise
+  convolutions are computed ('auto' follows the backend at trace time; same params either way).
 
   Call: ``apply({'params': p}, ir, vi)`` with ir (B, T, H, W, 1 or 3) and vi (B, T, H, W, 3), float in [0, 1],
   T >= 2, H and W multiples of 4. Returns {'fusion', 'ir', 'vi'}, each (B, T, H, W, out_channels) in (0, 1).
@@ -84,16 +93,19 @@ class VideoFusion(nn.Module):
   bias: bool = False
   layernorm_type: str = 'WithBias'
   dtype: Any = 'float32'
+  layer_impl: str = 'auto'
   remat: bool = False  # recompute block activations in the backward pass (memory for compute)
 
   def _block_kwargs(self, scale: int):
     return dict(heads=self.num_heads[scale], ffn_expansion_factor=self.ffn_expansion_factor,
-                use_bias=self.bias, layernorm_type=self.layernorm_type, dtype=_as_dtype(self.dtype))
+                use_bias=self.bias, layernorm_type=self.layernorm_type, dtype=_as_dtype(self.dtype),
+                layer_impl=layers.resolve_layer_impl(self.layer_impl))
 
   @nn.compact
   def __call__(self, ir: Array, vi: Array) -> dict:
     validate_inputs(ir, vi, self.in_channels)
     dtype = _as_dtype(self.dtype)
+    impl = layers.resolve_layer_impl(self.layer_impl)
     if ir.shape[-1] == 1 and self.in_channels != 1:
       ir = jnp.repeat(ir, self.in_channels, axis=-1)  # the release feeds grey IR as 3 identical channels
     ir = ir.astype(dtype)
@@ -110,8 +122,8 @@ class VideoFusion(nn.Module):
     for scale in range(NUM_SCALES):
       s = scale + 1
       kw = self._block_kwargs(scale)
-      f_ir = constrain(conv3d(widths[scale], dtype, name=f'conv3d_ir_{s}')(f_ir))
-      f_vi = constrain(conv3d(widths[scale], dtype, name=f'conv3d_vi_{s}')(f_vi))
+      f_ir = _constrain(conv3d(widths[scale], dtype, impl, name=f'conv3d_ir_{s}')(f_ir))
+      f_vi = _constrain(conv3d(widths[scale], dtype, impl, name=f'conv3d_vi_{s}')(f_vi))
       if scale > 0:  # scale 1 fuses the raw Conv3D features: no residual blocks, no CmDRM
         f_ir = res_blocks(RESIDUAL_BLOCKS_PER_SCALE, dtype, name=f'ir_conv_enhance_{s}')(f_ir)
         f_vi = res_blocks(RESIDUAL_BLOCKS_PER_SCALE, dtype, name=f'vi_conv_enhance_{s}')(f_vi)
@@ -120,29 +132,28 @@ class VideoFusion(nn.Module):
         e_vi = diff_enhance(**kw, name=f'cross_modal_enhance_vi_{s}')(f_vi, f_ir)
         f_ir = aggregation(dtype, name=f'CMA_ir_{s}')(e_ir, f_ir)
         f_vi = aggregation(dtype, name=f'CMA_vi_{s}')(e_vi, f_vi)
-      fused = constrain(fusion(**kw, name=f'fusion_{s}')(f_ir, f_vi))
+      fused = _constrain(fusion(**kw, name=f'fusion_{s}')(f_ir, f_vi))
       if scale < NUM_SCALES - 1:
-        fused = constrain(stack(**kw, num_layers=self.num_blocks[scale], name=f'fusion_enhance_{s}')(fused))
+        fused = _constrain(stack(**kw, num_layers=self.num_blocks[scale], name=f'fusion_enhance_{s}')(fused))
         skips.append(fused)
         f_ir = down(dtype, name=f'down_ir_{s}')(f_ir)
         f_vi = down(dtype, name=f'down_vi_{s}')(f_vi)
 
     # Decoder path: BiCAM at the coarsest scale, then upsample + skip + BiCAM at each finer scale.
+    x = fused
     for scale in reversed(range(NUM_SCALES)):
       if scale < NUM_SCALES - 1:
         x = up(dtype, name=f'up{scale + 1}')(x) + skips[scale]
-      else:
-        x = fused
-      x = constrain(co_attention(**self._block_kwargs(scale), num_layers=self.num_blocks[scale],
-                                 name=f'co_attention_{scale + 1}')(x))
+      x = _constrain(co_attention(**self._block_kwargs(scale), num_layers=self.num_blocks[scale],
+                                  name=f'co_attention_{scale + 1}')(x))
 
     g_ir, g_vi = blocks.VideoDecomposition(dtype, name='decomposition')(x)
     decoder_kwargs = dict(out_channels=self.out_channels, num_blocks=self.num_decoder_blocks,
                           heads=self.num_heads[0], ffn_expansion_factor=self.ffn_expansion_factor,
-                          use_bias=self.bias, layernorm_type=self.layernorm_type, dtype=dtype)
+                          use_bias=self.bias, layernorm_type=self.layernorm_type, dtype=dtype, layer_impl=impl)
     raw = {
         'fusion': decoder(**decoder_kwargs, name='decoder_fusion')(x),
         'ir': decoder(**decoder_kwargs, name='decoder_ir')(g_ir),
         'vi': decoder(**decoder_kwargs, name='decoder_vi')(g_vi),
     }
-    return {k: constrain((jnp.tanh(v.astype(jnp.float32)) + 1.0) / 2.0) for k, v in raw.items()}
+    return {k: _constrain((jnp.tanh(v.astype(jnp.float32)) + 1.0) / 2.0) for k, v in raw.items()}

@@ -4,15 +4,15 @@ What for: timing the Flax port against PyTorch on the same machine needs a PyTor
 what the official release computes. This file is that model, written from REFERENCE.md (sections 1-6) in the
 official layout: NCHW frames, (B, T, 3, H, W) video inputs/outputs (section 1.2), and module attribute names equal
 to the official ones, so the official state-dict names (the fixtures' ``param/<name>`` arrays, or a released
-``net_g_*.pth``) load with ``strict=True``. It is a benchmark reference, not part of the package: torch is not a
-project requirement, and nothing outside ``benchmarks/`` and ``tests/test_torch_reference.py`` imports this file.
+``net_g_*.pth``) load with ``strict=True``. It is a reference, not part of the installed package: torch is not a
+project requirement (``pip install .[torch]`` adds it); benchmarks/ and tests/test_torch_reference.py import it.
 
 Verified against the golden fixtures of the official model (``../shared/fixtures``, see
 ``tests/test_torch_reference.py``): the forward pass of the tiny (T=3, 32x32) and released (T=5, 64x64) configs
 matches the stored outputs to < 1e-6 max abs in float32, and ``released_loss`` matches every term of the
 official training loss (B=2, T=4, 48x48) to < 1e-5 relative.
 
-  python benchmarks/torch_videofusion.py ../shared/fixtures/videofusion_tiny_T3_32.npz   # parity check, 1 thread
+  python -m reference.torch_videofusion ../shared/fixtures/videofusion_tiny_T3_32.npz   # parity check, 1 thread
 
 The never-called ``attn.norm`` LayerNorms of the Cross_TransformerBlocks (REFERENCE.md section 3) are created as
 in the release so that the official state dict loads strictly; they do not take part in the forward pass.
