@@ -1,7 +1,11 @@
 r"""Builds the M3SVD TFDS records (ArrayRecord shards) from a manual download folder.
 
   python -m vfusion_jax.data.build --manual_dir=M --data_dir=D [--num_shards=N] [--chunk_frames=F] \
-      [--skip_bad_videos] [--val_videos=a,b] [--test_percent=10] [--config_name=NAME]
+      [--skip_bad_videos] [--val_videos=a,b] [--test_percent=10] [--config_name=NAME] [--num_workers=P]
+  vfusion-build-m3svd ...   (the installed command, same flags)
+
+--num_workers=P builds the shards in P processes (the same records; docs/data.md). --config_name=official is
+the official 190 / 30 split (test: the 30 videos of the release's test folder).
 
 Same result as ``tfds build data/m3svd --manual_dir=M --data_dir=D``, which needs TensorFlow installed: the
 ``tfds`` command of tensorflow-datasets 4.9.10 imports TF at start-up (its convert_format command), although
