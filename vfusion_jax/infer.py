@@ -26,10 +26,8 @@ import sys
 from absl import flags
 from absl import logging
 
-from vfusion_jax import cli
 from vfusion_jax import inference
 from vfusion_jax import io
-from vfusion_jax import runtime
 from vfusion_jax.cli import shared
 
 
@@ -73,8 +71,7 @@ def main(argv):
 def run():
   """Console script ``vfusion-infer``: defines the flags, sets the process up (before JAX starts), runs main."""
   _define_flags()
-  runtime.setup_process(tuned_allocator=False)
-  cli.run_program(main, sys.modules[__name__], help_modules=(shared,), check_argument=shared.renamed_flag_error)
+  shared.run_program(main, sys.modules[__name__])
 
 
 if __name__ == '__main__':

@@ -221,16 +221,15 @@ def _log_compiled(compiled) -> None:
   """Logs XLA's memory and cost analysis of the compiled train step (per device)."""
   try:
     memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = compiled_flops(compiled)
   except Exception:  # pylint: disable=broad-except  (not every backend implements the analyses)
     return
   if memory is not None:
     logging.info('train step memory per device: temporaries %.2f GiB, arguments %.2f GiB, outputs %.2f GiB',
                  memory.temp_size_in_bytes / 2**30, memory.argument_size_in_bytes / 2**30,
                  memory.output_size_in_bytes / 2**30)
-  if cost:
-    logging.info('train step cost per device: %.1f GFLOP', float(cost.get('flops', 0.0)) / 1e9)
+  if not np.isnan(flops):
+    logging.info('train step cost per device: %.1f GFLOP', flops / 1e9)
 
 
 def sharding_rules(config: ml_collections.ConfigDict) -> tuple:

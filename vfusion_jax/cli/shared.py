@@ -15,11 +15,15 @@ new spelling when it meets an old one (`renamed_flag_error`).
 
 import dataclasses
 import sys
+import types
+from typing import Callable
 
 from absl import flags
 from ml_collections import config_dict
 from ml_collections import config_flags
 
+from vfusion_jax import cli
+from vfusion_jax import runtime
 from vfusion_jax import windows
 
 FUSE_FLAG = 'fuse'
@@ -97,3 +101,10 @@ def renamed_flag_error(arg: str) -> str:
   """For `cli.run_program`: the error for a fusion option given the old way (``--window=7``), else ''."""
   new = renamed_flag(arg)
   return f'{arg.partition("=")[0]} is now a field of --{FUSE_FLAG}: pass {new}' if new else ''
+
+
+def run_program(main: Callable, program: types.ModuleType) -> None:
+  """``run()`` of eval and infer, after their flags are defined: process set-up before JAX starts (no tuned
+  allocator: forward-only work), then `cli.run_program` with the shared flags' help and renamed-flag check."""
+  runtime.setup_process(tuned_allocator=False)
+  cli.run_program(main, program, help_modules=(sys.modules[__name__],), check_argument=renamed_flag_error)
