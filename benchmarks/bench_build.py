@@ -6,7 +6,8 @@ For each layout under --data (``m3svd_sample``: frame folders with the four stre
 the two clean streams) it times, in one process and in this order: decoding every chunk (PNG or mp4 ->
 uint8), encoding it (``features.encode_example``: the zlib compression of the frame tensors), serialising it
 and writing it to an ArrayRecord file; then whole builds (``vfusion_jax.data.build.build``) with each worker
-count, read back and checked equal to the first. Frames/s are frame pairs (all streams of one time step) per
+count, read back and checked equal to the first (with --copies=N, of a folder holding every video N times, so
+that the build lasts minutes and has many shards). Frames/s are frame pairs (all streams of one time step) per
 second of wall time. The projection to the full release (153,797 frame pairs) divides by the measured rates;
 the video release has the four streams as mp4 files, so its projection doubles the two-stream mp4 costs.
 """
@@ -81,6 +82,21 @@ def stage_times(root: pathlib.Path, chunk_frames: int) -> dict:
               share={k: v / total for k, v in times.items()})
 
 
+def replicated(root: pathlib.Path, copies: int, into: pathlib.Path) -> pathlib.Path:
+  """A manual folder holding every video of ``root`` ``copies`` times under new names (symlinks, no copying),
+  so that a build lasts minutes and has many shards, like a slice of the full release."""
+  if copies == 1:
+    return root
+  for stream_dir in (d for d in root.iterdir() if d.is_dir()):
+    for entry in stream_dir.iterdir():
+      for copy in range(copies):
+        name = f'{entry.stem}c{copy}{entry.suffix}' if entry.is_file() else f'{entry.name}c{copy}'
+        link = into / stream_dir.name / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(entry.resolve())
+  return into
+
+
 def timed_build(root: pathlib.Path, chunk_frames: int, workers: int, num_shards=None) -> dict:
   """A whole build in a fresh folder with ``workers`` processes; wall seconds and the records read back."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -105,6 +121,8 @@ def main():
   parser.add_argument('--workers', default='1,2')
   parser.add_argument('--num_shards', type=int, default=None, help='shards per split (default: automatic)')
   parser.add_argument('--layouts', default=','.join(LAYOUTS))
+  parser.add_argument('--copies', type=int, default=1,
+                      help='build every video this many times under new names (a build of minutes)')
   parser.add_argument('--json', default=None)
   args = parser.parse_args()
   results = dict(cpu=_cpu_name(), cores=os.cpu_count(), layouts={})
@@ -115,12 +133,15 @@ def main():
       print(f'{layout}: {root} is absent, skipped')
       continue
     stages = stage_times(root, args.chunk_frames)
-    builds = [timed_build(root, args.chunk_frames, int(w), args.num_shards) for w in args.workers.split(',')]
+    with tempfile.TemporaryDirectory() as tmp:
+      build_root = replicated(root, args.copies, pathlib.Path(tmp))
+      builds = [timed_build(build_root, args.chunk_frames, int(w), args.num_shards)
+                for w in args.workers.split(',')]
     for b in builds[1:]:
       assert b['digest'] == builds[0]['digest'], f'{layout}: {b["workers"]} workers wrote other records'
     for b in builds:
       del b['digest']
-    results['layouts'][layout] = dict(stages=stages, builds=builds)
+    results['layouts'][layout] = dict(stages=stages, builds=builds, copies=args.copies)
     shares = ', '.join(f'{k} {v:.0%}' for k, v in stages['share'].items())
     print(f'{layout}: {stages["frames"]} frame pairs, one process {stages["frames_per_s"]:.1f} frames/s ({shares}); '
           f'{stages["record_bytes"] / stages["frames"] / 2**20:.2f} MiB of records per frame pair')

@@ -266,3 +266,28 @@ def test_real_mp4_pairs_build_and_equal_the_decoded_frames(tmp_path):
   np.testing.assert_array_equal(examples[1]['ir_gt'], sources.to_gray(infrared, 'luma'))
   assert examples[1]['ir_lq'].shape == (0, 480, 640, 1)
 
+
+
+def test_records_without_the_degraded_frames_hold_the_same_clean_frames(release_build, tmp_path):
+  full, videos, _, root = release_build
+  builder = build.build(root, tmp_path, chunk_frames=CHUNK, degraded_frames=False)
+  assert builder.builder_config.name == f'chunk{CHUNK}_nodegraded'
+  for split in ('train', 'test'):
+    examples = _examples(f'm3svd/chunk{CHUNK}_nodegraded', split, tmp_path)
+    _assert_chunks_match(examples, videos[split], CHUNK, sources.GT_STREAMS)
+    for example in examples:
+      for key in sources.LQ_STREAMS:
+        assert example[key].shape == (0, *example[key.replace('lq', 'gt')].shape[1:])
+  serialized_bytes = lambda b: sum(split.num_bytes for split in b.info.splits.values())
+  assert serialized_bytes(builder) < 0.6 * serialized_bytes(full)
+
+
+def test_one_process_build_of_a_split_past_tfds_shuffler_memory_needs_no_tensorflow(monkeypatch, tmp_path):
+  """TFDS's own serial writer spills to disk through TensorFlow's GFile past 1 GB per split (a full-release
+  split); the builder writes its shards itself, so a build of any size runs without TensorFlow."""
+  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 1)  # every split "past 1 GB"
+  videos = tiny_release(tmp_path / 'm', np.random.default_rng(4), {'s1': 3, 's2': 2})
+  build.build(tmp_path / 'm', tmp_path / 'd', chunk_frames=CHUNK)
+  _assert_chunks_match(_examples(f'm3svd/chunk{CHUNK}', 'train', tmp_path / 'd'), videos, CHUNK)
+  assert 'tensorflow' not in sys.modules

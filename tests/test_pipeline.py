@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from conftest import REPO
 from test_sources import PLAIN, random_video, tiny_release, write_mp4s
 from vfusion_jax.data import build
+from vfusion_jax.data import degrade
 from vfusion_jax.data import pipeline
 from vfusion_jax.data import synthetic
 
@@ -292,3 +293,79 @@ def test_clips_cross_chunk_boundaries_of_the_same_video():
     first_frames.add(first)
   # Every start 0 .. total - frames occurs, including the ones that cross a chunk end (2, 3, 5).
   assert first_frames == set(range(total - frames + 1))
+
+
+def test_blocks_draw_several_clips_from_each_decoded_chunk():
+  """clips_per_chunk=K: an element is K batches; clip b of every batch of a block comes from one chunk."""
+  clips_per_chunk = 3
+  block = _dataset(clips_per_chunk=clips_per_chunk)[0]
+  for key, channels in STREAM_CHANNELS.items():
+    assert block[key].shape == (clips_per_chunk, BATCH, NUM_FRAMES, CROP, CROP, channels)
+    assert block[key].dtype == np.float32
+  ids = [_example_ids({'ir_gt': block['ir_gt'][k]}) for k in range(clips_per_chunk)]
+  assert ids[0] == ids[1] == ids[2] and len(set(ids[0])) == BATCH  # B different chunks, shared by the K
+  # Each clip has its own degradation draw.
+  assert not np.array_equal(block['ir_lq'][0], block['ir_lq'][1])
+
+
+def test_block_iterator_with_a_worker_resumes_inside_a_block():
+  clips_per_chunk = 2
+  source = synthetic.SyntheticVideoSource(num_videos=2, frames_per_video=8, frames_per_example=4, height=16,
+                                          width=16)
+  dataset = _dataset(source, batch_size=2, clips_per_chunk=clips_per_chunk)
+  expected = [{key: value[k] for key, value in dataset[i].items()} for i in range(3) for k in range(2)]
+  for restart in (False, True):
+    iterator = pipeline.make_iterator(dataset, num_workers=1, batches_per_element=clips_per_chunk)
+    try:
+      if restart:
+        iterator.set_state(state)
+      else:
+        _assert_batches_equal(expected[0], next(iterator))
+        state = iterator.get_state()  # inside the first block
+      for batch in expected[1:]:
+        _assert_batches_equal(batch, next(iterator))
+    finally:
+      iterator.close()
+
+
+def test_crop_size_zero_keeps_the_whole_frame():
+  batch = _dataset(crop_size=0)[0]
+  assert batch['vi_lq'].shape == (BATCH, NUM_FRAMES, *FRAME_SIZE, 3)
+  with pytest.raises(ValueError, match='rot90 needs square clips'):
+    _dataset(crop_size=0, rot90=True)[0]
+
+
+def _blur_reference(frames, sigma, size):
+  """Independent 2-D Gaussian blur of (T, H, W, C) frames, reflect-101 borders (cv2.filter2D's default)."""
+  taps = np.exp(-np.arange(-(size // 2), size // 2 + 1)**2 / (2.0 * sigma**2))
+  kernel = np.outer(taps, taps) / np.outer(taps, taps).sum()
+  r = size // 2
+  padded = np.pad(frames.astype(np.float64), ((0, 0), (r, r), (r, r), (0, 0)), mode='reflect')
+  out = np.zeros(frames.shape, np.float64)
+  for dy in range(size):
+    for dx in range(size):
+      out += kernel[dy, dx] * padded[:, dy:dy + frames.shape[1], dx:dx + frames.shape[2]]
+  return out
+
+
+def test_synthetic_blur_of_a_crop_equals_the_blur_of_the_whole_frame():
+  """The degradation runs on the crop plus a margin, so a crop's blur sees its real neighbours."""
+  sigma, height, width, crop = 1.7, 40, 44, 12
+  rng = np.random.default_rng(3)
+  frames = rng.integers(0, 256, (CHUNK_FRAMES, height, width, 3), dtype=np.uint8)
+  chunk = dict(video='v', frame_index=0, ir_gt=frames[..., :1].copy(), vi_gt=frames)
+  config = degrade.DegradationConfig(blur_sigma_range=(sigma, sigma), vi_gain_range=(1.0, 1.0),
+                                     vi_offset_range=(0.0, 0.0), quantize=False)
+  dataset = _dataset([chunk], batch_size=1, crop_size=crop, degradation_config=config)
+  blurred = _blur_reference(frames / 255.0, sigma, degrade.KERNEL_SIZE)
+  positions = set()
+  for i in range(12):
+    batch = dataset[i]
+    clean = np.rint(batch['vi_gt'][0] * 255).astype(np.uint8)
+    (start, top, left), = [(s, y, x) for s in range(CHUNK_FRAMES - NUM_FRAMES + 1)
+                           for y in range(height - crop + 1) for x in range(width - crop + 1)
+                           if np.array_equal(frames[s:s + NUM_FRAMES, y:y + crop, x:x + crop], clean)]
+    positions.add((top, left))
+    expected = blurred[start:start + NUM_FRAMES, top:top + crop, left:left + crop]
+    np.testing.assert_allclose(batch['vi_lq'][0], expected, atol=2e-6)
+  assert len(positions) > 1

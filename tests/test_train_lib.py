@@ -57,6 +57,7 @@ BATCH, FRAMES, SIZE = 2, 3, 32
 PREVIEW_FRAMES = 6
 NAN_STEP = 5
 LONG_RUN_STEPS = 1000  # the SIGTERM run: never finishes by itself
+CLIPS_PER_CHUNK = 2
 WORKERS = 2  # grain worker processes of the resumed run (the others read in the main process)
 # Generous limits: a cold compile of the tiny train step takes minutes on a loaded 2-core machine.
 COLD_START_TIMEOUT_S = 900
@@ -81,6 +82,9 @@ TINY_RUN = (
     '--config.log_every_steps=1',
     '--config.preview_every_steps=0',
     '--config.preview_video_frames=0',
+    # Two clips per decoded chunk: the stream is blocks of 2 batches, so the step-3 checkpoint of the resumed
+    # run saves the input position inside a block.
+    f'--config.data.clips_per_chunk={CLIPS_PER_CHUNK}',
 )
 DIGESTS = ('--batch_digests',)
 PREVIEWS = (f'--config.preview_every_steps={CHECKPOINT_EVERY}', f'--config.preview_video_frames={PREVIEW_FRAMES}',
@@ -97,13 +101,17 @@ NAN_DRIVER = textwrap.dedent("""
     from vfusion_jax.data import pipeline
 
     poisoned_index = int(sys.argv.pop(1))
+    batches_per_element = int(sys.argv.pop(1))
     train_dataset = pipeline.train_dataset
 
 
-    def poison(index, batch):
-      if index == poisoned_index:
-        batch = dict(batch, vi_lq=np.full_like(batch['vi_lq'], np.nan))
-      return batch
+    def poison(index, element):  # an element is a block of batches_per_element batches
+      block, batch = divmod(poisoned_index, batches_per_element)
+      if index == block:
+        vi_lq = element['vi_lq'].copy()
+        vi_lq[batch] = np.nan
+        element = dict(element, vi_lq=vi_lq)
+      return element
 
 
     pipeline.train_dataset = lambda *args, **kwargs: train_dataset(*args, **kwargs).map_with_index(poison)
@@ -222,7 +230,8 @@ def training_runs(tmp_path_factory, gcs_emulator):
                         dict(env, **gcs_emulator.env), workdir=f'gs://{gcs_emulator.new_bucket()}/resumed')
     sigterm = _TrainRun(root, 'sigterm', TINY_RUN + (
         f'--config.total_steps={LONG_RUN_STEPS}', f'--config.checkpoint_every_steps={LONG_RUN_STEPS}'), env)
-    nan = _TrainRun(root, 'nan', TINY_RUN, env, code=NAN_DRIVER, code_args=(str(NAN_STEP - 1),))
+    nan = _TrainRun(root, 'nan', TINY_RUN, env, code=NAN_DRIVER,
+                    code_args=(str(NAN_STEP - 1), str(CLIPS_PER_CHUNK)))
     started += [resumed, sigterm, nan]
     yield _Runs(straight, resumed, sigterm, nan)
   finally:

@@ -133,13 +133,15 @@ def make_train_iterator(config: ml_collections.ConfigDict):
 
   data = config.data
   degradation_config = degrade.DegradationConfig(**data.get('degradation_ranges', {}))
+  clips_per_chunk = data.get('clips_per_chunk', 1)
   dataset = pipeline.train_dataset(
       make_train_source(config), batch_size=config.batch_size, num_frames=config.num_frames,
       crop_size=config.crop_size, seed=config.seed, degradation=data.get('degradation', 'synthetic'),
       degradation_config=degradation_config, flips=data.get('flips', False), rot90=data.get('rot90', False),
-      temporal_reverse=data.get('temporal_reverse', False), process_index=jax.process_index(),
-      process_count=jax.process_count())
-  return pipeline.make_iterator(dataset, num_workers=data.get('num_workers', 0))
+      temporal_reverse=data.get('temporal_reverse', False), clips_per_chunk=clips_per_chunk,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  return pipeline.make_iterator(dataset, num_workers=data.get('num_workers', 0),
+                                batches_per_element=clips_per_chunk)
 
 
 class _MetricAverages:

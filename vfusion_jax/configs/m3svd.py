@@ -72,6 +72,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.data.rot90 = False
   config.data.temporal_reverse = False
   config.data.num_workers = 2
+  # Clips drawn from each decoded chunk (pipeline.train_dataset): 1 samples as the release does; K > 1 pays a
+  # chunk's decompression once for K clips, which a TPU host needs to keep up (docs/data.md).
+  config.data.clips_per_chunk = 1
 
   # Training section (REFERENCE.md 7): 4 GPUs x 3 clips, T = 6, 128 x 128 crops, seed 3047.
   config.seed = 3047

@@ -12,6 +12,10 @@ state and loss: the mixed-precision recipe of docs/precision.md (trains like flo
 from vfusion_jax.configs import m3svd
 
 CLIPS_PER_CHIP = 3
+# Input pipeline per host (docs/data.md, "Feeding a TPU slice"): grain worker processes, and clips drawn from
+# each decoded chunk so that a worker supplies several times the clips it would with one read per clip.
+WORKERS_PER_HOST = 64
+CLIPS_PER_CHUNK = 8
 SLICES = {'v5e-8': 8, 'v5e-32': 32}
 
 
@@ -28,6 +32,7 @@ def get_config(variant: str = 'v5e-8'):
   config.mesh.time = 1
   epoch_steps_at_12 = 11_700
   config.total_steps = 10 * epoch_steps_at_12 * 12 // config.batch_size  # 10 epochs, as released
-  config.data.num_workers = 8
+  config.data.num_workers = WORKERS_PER_HOST
+  config.data.clips_per_chunk = CLIPS_PER_CHUNK
   config.distributed.enabled = 'auto'
   return config

@@ -38,11 +38,12 @@ DATASET_NAME = 'm3svd'
 DEFAULT_CONFIG_NAME = 'default'
 # Short names of the config fields in made-up config names.
 _NAME_PARTS = {'chunk_frames': 'chunk', 'val_percent': 'val', 'test_percent': 'test', 'ir_gray': 'ir',
-               'max_frames_per_video': 'frames', 'val_videos': 'vallist', 'test_videos': 'testlist'}
+               'max_frames_per_video': 'frames', 'val_videos': 'vallist', 'test_videos': 'testlist',
+               'degraded_frames': 'degraded'}
 _LIST_HASH_DIGITS = 6
 # Command-line flags that set M3svdConfig fields.
 _CONFIG_FLAGS = ('chunk_frames', 'val_videos', 'test_videos', 'val_percent', 'test_percent', 'ir_gray',
-                 'max_frames_per_video')
+                 'max_frames_per_video', 'degraded_frames')
 
 
 @functools.cache
@@ -69,7 +70,8 @@ def config_name(**overrides: Any) -> str:
       value = hashlib.sha256(','.join(value).encode()).hexdigest()[:_LIST_HASH_DIGITS]
     elif isinstance(value, float) and value.is_integer():
       value = int(value)
-    parts.append(f'{_NAME_PARTS.get(field, field)}{value}')
+    part = _NAME_PARTS.get(field, field)
+    parts.append(('' if value else 'no') + part if isinstance(value, bool) else f'{part}{value}')
   return '_'.join(parts) or DEFAULT_CONFIG_NAME
 
 
@@ -184,6 +186,8 @@ def _define_flags():
   flags.DEFINE_enum('ir_gray', None, list(sources.IR_GRAY_MODES),
                     'how infrared becomes one channel (see vfusion_jax/data/sources.py)')
   flags.DEFINE_integer('max_frames_per_video', None, 'keep only the first frames of each video')
+  flags.DEFINE_bool('degraded_frames', None, 'store the release\'s degraded frames (default); --nodegraded_frames: '
+                    'clean streams only, for training with the synthetic degradation (half the bytes)')
   flags.DEFINE_integer('max_examples_per_split', None, 'stop each split after N chunks')
   flags.DEFINE_string('config_name', None, "config name (default: made from the options); 'official': the "
                       'official 190 / 30 split (test = the 30 videos of the release\'s test folder)')

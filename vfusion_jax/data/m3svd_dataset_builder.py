@@ -42,6 +42,7 @@ an ``incomplete.*`` folder and renames it only on success, so a failed build lea
 a dataset.
 """
 
+import contextlib
 import dataclasses
 import functools
 import multiprocessing
@@ -56,7 +57,7 @@ from tensorflow_datasets.core.utils import shard_utils
 from vfusion_jax.data import sources
 
 DEFAULT_CHUNK_FRAMES = 8
-# A parallel build without --num_shards writes at least this many shards per worker: shards are the unit of
+# A build without --num_shards writes at least this many shards per worker process: shards are the unit of
 # work, and a few per worker even out videos of different lengths.
 SHARDS_PER_WORKER = 4
 SKIP_ENV_VAR = 'M3SVD_SKIP_BAD_VIDEOS'
@@ -109,6 +110,9 @@ class M3svdConfig(tfds.core.BuilderConfig):
     val_percent, test_percent: share of the other videos put in 'val'/'test' by a hash of their name.
     ir_gray: how infrared frames become one channel ('auto', 'equal', 'first', 'luma'; see sources.py).
     max_frames_per_video: keep only the first frames of each video (0 = all), for quick builds.
+    degraded_frames: store the release's degraded frames (infrared_noise, visible_Blur); False stores none
+      (shape (0, H, W, C)) and never decodes them: records for training with the synthetic degradation,
+      half the bytes a training clip reads and half the build's decoding and compression (docs/data.md).
   """
   chunk_frames: int = DEFAULT_CHUNK_FRAMES
   val_videos: Sequence[str] = ()
@@ -117,6 +121,7 @@ class M3svdConfig(tfds.core.BuilderConfig):
   test_percent: float = 0.0
   ir_gray: str = 'auto'
   max_frames_per_video: int = 0
+  degraded_frames: bool = True
 
   def __post_init__(self):
     self.val_videos = tuple(self.val_videos)
@@ -324,6 +329,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self._skipped = list(result.skipped)
     by_split = {}
     for video in result.videos:
+      if not config.degraded_frames:
+        video = dataclasses.replace(video, streams={key: stream for key, stream in video.streams.items()
+                                                    if key not in sources.LQ_STREAMS})
       split = video.split or sources.assign_split(
           video.name, val_videos=config.val_videos, test_videos=config.test_videos,
           val_percent=config.val_percent, test_percent=config.test_percent)
@@ -339,6 +347,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return by_split
 
   def _generate_examples(self, videos: Sequence[sources.VideoPair]) -> Iterator[tuple[int, dict]]:
+    """TFDS's per-split generator (with ``_split_generators``, the hooks its own writer calls): the examples
+    that ``_generate_splits`` writes, in the same order, for TFDS tools that iterate a builder directly."""
     for ordinal, video in enumerate(videos):
       if self._skip_bad_videos:
         error = _verify(video)  # A decode error must not leave some of the video's chunks in the dataset.
@@ -354,32 +364,37 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_splits(self, dl_manager: tfds.download.DownloadManager,
                        download_config: tfds.download.DownloadConfig) -> list:
-    """With ``num_workers`` > 1, writes each split's shards in a pool of processes (TFDS's extension point,
-    as its Hugging Face builder does); otherwise TFDS's serial writer. The same examples, in the same order;
-    with ``num_shards`` set, the same shards too."""
-    if self._num_workers == 1:
-      return super()._generate_splits(dl_manager, download_config)
+    """Writes each split's shards itself (TFDS's extension point, as its Hugging Face builder does), in this
+    process or, with ``num_workers`` > 1, in a pool of processes: the same examples in the same order either
+    way, and with ``num_shards`` set the same shards. TFDS's own serial writer is not used: it sorts the
+    examples through a shuffler that spills to disk with TensorFlow's GFile once a split passes 1 GB of
+    serialised examples, so without TensorFlow it cannot write a split of the full release."""
     by_split = self._videos_by_split(dl_manager)
     features, writer = self.info.features, self._example_writer()
     split_infos = []
-    with multiprocessing.get_context('spawn').Pool(self._num_workers) as pool:
+    with contextlib.ExitStack() as stack:
+      if self._num_workers > 1:
+        pool = stack.enter_context(multiprocessing.get_context('spawn').Pool(self._num_workers))
+        map_in_order = functools.partial(pool.map, chunksize=1)
+      else:
+        map_in_order = lambda function, items: list(map(function, items))
       if self._skip_bad_videos:
-        by_split = {split: self._verified(videos, pool) for split, videos in by_split.items()}
+        by_split = {split: self._verified(videos, map_in_order) for split, videos in by_split.items()}
       for split, videos in by_split.items():
         shards = plan_shards(videos, self.builder_config.chunk_frames, self._get_filename_template(split),
                              download_config.num_shards, download_config.max_examples_per_split,
                              min_shards=SHARDS_PER_WORKER * self._num_workers)
-        written = pool.map(functools.partial(write_shard, features=features, writer=writer), shards,
-                           chunksize=1)
+        written = map_in_order(functools.partial(write_shard, features=features, writer=writer), shards)
         split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[n for n, _ in written],
                                                num_bytes=sum(b for _, b in written),
                                                filename_template=self._get_filename_template(split)))
     return split_infos
 
-  def _verified(self, videos: Sequence[sources.VideoPair], pool) -> list[sources.VideoPair]:
-    """The videos whose every frame decodes (checked in ``pool``); the others are skipped and recorded."""
+  def _verified(self, videos: Sequence[sources.VideoPair], map_in_order) -> list[sources.VideoPair]:
+    """The videos whose every frame decodes (checked through ``map_in_order``); the others are skipped and
+    recorded."""
     kept = []
-    for video, error in zip(videos, pool.map(_verify, videos, chunksize=1)):
+    for video, error in zip(videos, map_in_order(_verify, videos)):
       if error:
         self._skip(video, error)
       else:

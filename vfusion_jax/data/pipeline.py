@@ -85,16 +85,22 @@ def _has_frames(example: Mapping[str, Any], key: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ClipSampler(grain.transforms.RandomMap):
-  """One training clip from a chunk: random T-frame window, random square crop, optional augmentation, LQ.
+  """Training clips from a chunk: random T-frame window, random crop, optional augmentation, LQ frames.
 
   Attributes:
     num_frames: T, frames per clip (6 in the release).
-    crop_size: side of the random crop (128 in the release); 0 keeps the whole frame.
+    crop_size: side of the random square crop (128 in the release); 0 keeps the whole H x W frame.
     degradation: 'synthetic' degrades the clean frames on the fly with ``degradation_config`` (new noise and
       blur for every clip); 'dataset' uses the chunk's own ``ir_lq``/``vi_lq`` frames.
     degradation_config: ranges of the synthetic degradation.
-    flips: random horizontal/vertical flips; rot90: random 90-degree rotations (square crops only);
-      temporal_reverse: random time reversal. Crops are square, so rot90 keeps the shape. All off by default, as released (REFERENCE.md 7).
+    flips: random horizontal/vertical flips; rot90: random 90-degree rotations (square clips only);
+      temporal_reverse: random time reversal. All off by default, as released (REFERENCE.md 7).
+    clips_per_chunk: K independent clips (window, crop, degradation, augmentation) from one decoded chunk.
+      1 returns one clip, (T, H, W, C) per stream, as the release samples; K > 1 returns (K, T, H, W, C)
+      per stream, so the chunk's decompression, the dominant cost of a clip, is paid once for K clips.
+    degradation_margin: the synthetic degradation is applied to the crop plus this many pixels on every side
+      (within the frame), then cut to the crop, so the blur at the crop's border sees real neighbours, as
+      when the whole frame is degraded, and not reflected crop content. The default is the blur's radius.
   """
 
   num_frames: int
@@ -104,10 +110,17 @@ class ClipSampler(grain.transforms.RandomMap):
   flips: bool = False
   rot90: bool = False
   temporal_reverse: bool = False
+  clips_per_chunk: int = 1
+  degradation_margin: int = degrade.KERNEL_SIZE // 2
 
   def __post_init__(self):
     if self.degradation not in DEGRADATION_MODES:
       raise ValueError(f'degradation must be one of {DEGRADATION_MODES}, got {self.degradation!r}')
+    if self.clips_per_chunk < 1:
+      raise ValueError(f'clips_per_chunk must be >= 1, got {self.clips_per_chunk}')
+    if self.crop_size < 0 or self.degradation_margin < 0:
+      raise ValueError(f'crop_size and degradation_margin must be >= 0, got {self.crop_size}, '
+                       f'{self.degradation_margin}')
 
   def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict:
     frames, height, width = np.asarray(element['vi_gt']).shape[:3]
@@ -119,12 +132,11 @@ class ClipSampler(grain.transforms.RandomMap):
     if last_start < 0:
       raise ValueError(f'chunk of video {element.get("video")!r} has {frames} frames; clips need '
                        f'{self.num_frames} (rebuild the dataset with longer chunks)')
-    crop = self.crop_size or min(height, width)
-    if crop > min(height, width):
-      raise ValueError(f'crop_size {crop} exceeds the frames ({height}x{width})')
-    start = int(rng.integers(0, last_start + 1))
-    top = int(rng.integers(0, height - crop + 1))
-    left = int(rng.integers(0, width - crop + 1))
+    crop_h, crop_w = (self.crop_size, self.crop_size) if self.crop_size else (height, width)
+    if crop_h > height or crop_w > width:
+      raise ValueError(f'crop_size {self.crop_size} exceeds the frames ({height}x{width})')
+    if self.rot90 and crop_h != crop_w:
+      raise ValueError(f'rot90 needs square clips; crop_size=0 keeps the whole {height}x{width} frame')
     keys = ['ir_gt', 'vi_gt']
     if self.degradation == 'dataset':
       for key in ('ir_lq', 'vi_lq'):
@@ -132,17 +144,52 @@ class ClipSampler(grain.transforms.RandomMap):
           raise ValueError(f'degradation="dataset" but video {element.get("video")!r} has no {key} frames; '
                            'use degradation="synthetic"')
       keys += ['ir_lq', 'vi_lq']
-    streams = {key: np.asarray(element[key]) for key in keys}
-    if start + self.num_frames > frames:  # second read: the next chunk of the same video
-      following = read_following(keys)
-      streams = {key: np.concatenate([value, following[key]]) for key, value in streams.items()}
-    window = (slice(start, start + self.num_frames), slice(top, top + crop), slice(left, left + crop))
-    clip = {key: value[window] for key, value in streams.items()}
-    clip = {k: v.astype(np.float32) / UINT8_MAX for k, v in clip.items()}
+    streams = _ChunkFrames({key: np.asarray(element[key]) for key in keys}, read_following)
+    clips = [self._clip(streams, rng, last_start, (height, width), (crop_h, crop_w))
+             for _ in range(self.clips_per_chunk)]
+    if self.clips_per_chunk == 1:
+      return clips[0]
+    return {key: np.stack([clip[key] for clip in clips]) for key in clips[0]}
+
+  def _clip(self, streams: '_ChunkFrames', rng: np.random.Generator, last_start: int,
+            frame_size: tuple[int, int], crop_size: tuple[int, int]) -> dict:
+    """One clip: window, crop (with the degradation margin), to float, degradation, augmentation."""
+    start = int(rng.integers(0, last_start + 1))
+    top = int(rng.integers(0, frame_size[0] - crop_size[0] + 1))
+    left = int(rng.integers(0, frame_size[1] - crop_size[1] + 1))
+    margin = self.degradation_margin if self.degradation == 'synthetic' else 0
+    rows = _with_margin(top, crop_size[0], margin, frame_size[0])
+    cols = _with_margin(left, crop_size[1], margin, frame_size[1])
+    window = streams.window(start, self.num_frames)
+    clip = {key: value[:, rows, cols].astype(np.float32) / UINT8_MAX for key, value in window.items()}
     if self.degradation == 'synthetic':
       clip['ir_lq'], clip['vi_lq'] = degrade.degrade_clip(clip['ir_gt'], clip['vi_gt'], rng,
                                                           self.degradation_config)
+      inner = (slice(top - rows.start, top - rows.start + crop_size[0]),
+               slice(left - cols.start, left - cols.start + crop_size[1]))
+      clip = {key: value[:, inner[0], inner[1]] for key, value in clip.items()}
     return _augment(clip, rng, self.flips, self.rot90, self.temporal_reverse)
+
+
+def _with_margin(start: int, size: int, margin: int, limit: int) -> slice:
+  """The slice [start - margin, start + size + margin) clipped to [0, limit)."""
+  return slice(max(start - margin, 0), min(start + size + margin, limit))
+
+
+class _ChunkFrames:
+  """A chunk's decoded streams, extended by the next chunk of the same video the first time a clip needs it."""
+
+  def __init__(self, streams: dict, read_following: Any):
+    self._streams = streams
+    self._read_following = read_following
+    self._extended = False
+
+  def window(self, start: int, length: int) -> dict:
+    if start + length > len(next(iter(self._streams.values()))) and not self._extended:
+      following = self._read_following(list(self._streams))  # second read: the next chunk of the video
+      self._streams = {key: np.concatenate([value, following[key]]) for key, value in self._streams.items()}
+      self._extended = True
+    return {key: value[start:start + length] for key, value in self._streams.items()}
 
 
 def _augment(clip: dict, rng: np.random.Generator, flips: bool, rot90: bool, temporal_reverse: bool) -> dict:
@@ -167,24 +214,46 @@ def train_dataset(source: Any, *, batch_size: int, num_frames: int, crop_size: i
                   degradation: str = 'synthetic',
                   degradation_config: degrade.DegradationConfig | None = None,
                   flips: bool = False, rot90: bool = False, temporal_reverse: bool = False,
-                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+                  clips_per_chunk: int = 1, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """Endless, shuffled, deterministic MapDataset of training batches for this process.
 
   ``batch_size`` is the global batch; this process gets ``batch_size // process_count`` clips per batch,
   drawn from its own slice of the stream. Element i is fully determined by (seed, i), so an iterator restored
   from its saved state yields the same batches.
+
+  With ``clips_per_chunk`` = K > 1 an element is a *block* of K batches, each stream shaped
+  (K, B, T, H, W, C): the B chunks of a block are decoded once and give clip k of every one of the K batches,
+  so every batch still holds B clips of B different chunks (the marginal distribution of a clip is the
+  release's), while K consecutive batches share their chunks. ``make_iterator(batches_per_element=K)`` yields
+  the block's batches one by one.
   """
   if batch_size % process_count:
     raise ValueError(f'global batch_size {batch_size} is not divisible by {process_count} processes')
   if len(source) == 0:
     raise ValueError('the training source has no examples')
   sampler = ClipSampler(num_frames, crop_size, degradation, degradation_config or degrade.DegradationConfig(),
-                        flips, rot90, temporal_reverse)
+                        flips, rot90, temporal_reverse, clips_per_chunk)
   ds = grain.MapDataset.source(ClipSource(source)).seed(seed).shuffle().repeat(None)
   ds = ds.random_map(sampler)
   if process_count > 1:
     ds = ds[process_index::process_count]
-  return ds.batch(batch_size // process_count, drop_remainder=True)
+  batch_fn = _stack_blocks if clips_per_chunk > 1 else None
+  return ds.batch(batch_size // process_count, drop_remainder=True, batch_fn=batch_fn)
+
+
+def _stack_blocks(groups: Sequence[Mapping[str, np.ndarray]]) -> dict:
+  """B groups of K clips, (K, T, H, W, C) per stream, to one block (K, B, T, H, W, C): K batches."""
+  return {key: np.stack([group[key] for group in groups], axis=1) for key in groups[0]}
+
+
+class _SplitBlocks(grain.experimental.FlatMapTransform):
+  """A block (K, B, ...) per stream into its K batches (B, ...), in order."""
+
+  def __init__(self, batches_per_block: int):
+    self.max_fan_out = batches_per_block
+
+  def flat_map(self, block: Mapping[str, np.ndarray]) -> list[dict]:
+    return [{key: value[k] for key, value in block.items()} for k in range(self.max_fan_out)]
 
 
 # Seconds between a worker's checks that the process that started it is still alive.
@@ -208,12 +277,20 @@ def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> 
                    name='watch_parent').start()
 
 
-def make_iterator(dataset: grain.MapDataset, *, num_workers: int = 0, prefetch: int = 2):
-  """A checkpointable iterator (``get_state``/``set_state``); ``num_workers`` > 0 uses worker processes."""
+def make_iterator(dataset: grain.MapDataset, *, num_workers: int = 0, prefetch: int = 2,
+                  batches_per_element: int = 1):
+  """A checkpointable iterator (``get_state``/``set_state``); ``num_workers`` > 0 uses worker processes.
+
+  ``batches_per_element``: the K of a ``train_dataset(clips_per_chunk=K)``, whose elements are blocks of K
+  batches; they are split into batches after the workers (grain's flat map, which saves its position inside
+  a block, so a restored iterator resumes on the same batch).
+  """
   ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
   if num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
                         worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
+  if batches_per_element > 1:
+    ds = grain.experimental.FlatMapIterDataset(ds, _SplitBlocks(batches_per_element))
   return iter(ds)
 
 
