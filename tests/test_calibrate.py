@@ -1,6 +1,8 @@
 """Tests of the calibration tool (python -m vfusion_jax.data.calibrate): JSON report, both modes, real data."""
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -33,6 +35,9 @@ WINDOW = (slice(120, 360), slice(160, 480))
 # Statistics a default-range degradation of real frames must measure inside the default ranges.
 ROBUST_STATISTICS = ('visible.blur_sigma', 'visible.gain', 'visible.offset', 'infrared.column_std',
                      'infrared.pixel_std', 'infrared.offset_mean')
+# The real sample: 0111_1716 is the held-out video of docs/cpu_study.md, the others train.
+HELD_OUT = '0111_1716'
+TRAIN_VIDEOS = ['0114_1609', '0115_1834']
 
 
 def _to_uint8(x):
@@ -90,6 +95,8 @@ def test_cli_root_mode_writes_json_that_recovers_known_degradation(known_release
   assert sigma['config_field'] == 'blur_sigma_range' and sigma['inside']
   assert sigma['default'] == list(degrade.DegradationConfig().blur_sigma_range)
   assert report['summary']['infrared.pixel_std']['min'] == video['infrared']['pixel_std']
+  pixel = report['default_ranges']['infrared.pixel_std']
+  assert pixel['suggested'] == calibrate.suggest_range('infrared.pixel_std', *pixel['measured'])
   bad = subprocess.run([sys.executable, '-m', 'vfusion_jax.data.calibrate', f'--root={known_release}',
                         f'--clean={known_release}'], cwd=REPO, capture_output=True, text=True, timeout=120,
                        check=False)
@@ -124,14 +131,57 @@ def test_default_degradation_of_real_clean_frames_measures_inside_the_default_ra
   video = sources.scan(root, videos=['0114_1609'], max_frames=FRAMES).videos[0]
   clean = video.read()
   ir, vi = (clean[key][:, WINDOW[0], WINDOW[1]] for key in ('ir_gt', 'vi_gt'))
-  _write_degraded_release(tmp_path, '0114_1609', ir, vi, degrade.DegradationConfig(), np.random.default_rng(1))
+  # The window is the whole virtual frame of the bias field, whose mean offset_mean_range sets, as for real
+  # full frames (a smaller window sees a part of the field, with another mean).
+  config = dataclasses.replace(degrade.DegradationConfig(), field_frame_size=ir.shape[1:3])
+  _write_degraded_release(tmp_path, '0114_1609', ir, vi, config, np.random.default_rng(1))
   report = calibrate.calibrate_root(tmp_path)
   for statistic in ROBUST_STATISTICS:
     assert report['default_ranges'][statistic]['inside'], report['default_ranges'][statistic]
 
 
-def test_real_sample_measures_inside_the_default_ranges():
-  report = calibrate.calibrate_root(shared_data('m3svd_sample'), max_frames=3)
-  assert sorted(report['videos']) == ['0111_1716', '0114_1609', '0115_1834']
+def test_real_sample_training_videos_measure_inside_the_default_ranges():
+  report = calibrate.calibrate_root(shared_data('m3svd_sample'), max_frames=3, held_out=[HELD_OUT])
+  assert sorted(report['videos']) == TRAIN_VIDEOS
+  assert report['inputs']['skipped'] == {HELD_OUT: 'held out (--held_out)'}
   outside = {k: v for k, v in report['default_ranges'].items() if not v['inside']}
   assert not outside, outside
+
+
+def test_held_out_videos_are_skipped_or_refused(known_release):
+  with pytest.raises(sources.DataError, match='no train video'):
+    calibrate.calibrate_root(known_release, held_out=['known'])
+  with pytest.raises(ValueError, match='train videos only.*known held out'):
+    calibrate.calibrate_root(known_release, videos=['known'], held_out=['known'])
+  for clean, degraded in ((known_release / 'visible_Enhance' / 'known', known_release / 'visible_Blur' / 'known'),
+                          (known_release / 'infrared_Enhance', known_release / 'infrared_noise')):
+    with pytest.raises(ValueError, match='known is held out'):
+      calibrate.calibrate_folders(clean, degraded, held_out=['known'])
+
+
+def test_only_the_training_split_is_measured(known_release, tmp_path):
+  shutil.copytree(known_release, tmp_path / 'train')
+  shutil.copytree(known_release, tmp_path / 'test')
+  for folder in (tmp_path / 'test').iterdir():
+    (folder / 'known').rename(folder / 'other')
+  report = calibrate.calibrate_root(tmp_path)
+  assert list(report['videos']) == ['known'] and report['inputs']['split'] == 'train'
+  assert report['inputs']['skipped'] == {'other': 'in the test split, not train'}
+  assert list(calibrate.calibrate_root(tmp_path, split='test')['videos']) == ['other']
+  with pytest.raises(ValueError, match='other in the test split'):
+    calibrate.calibrate_root(tmp_path, videos=['known', 'other'])
+  for clean, degraded in ((tmp_path / 'test' / 'infrared_Enhance', tmp_path / 'test' / 'infrared_noise'),
+                          (tmp_path / 'test' / 'visible_Enhance' / 'other', tmp_path / 'test' / 'visible_Blur' / 'other')):
+    with pytest.raises(ValueError, match='is in the test split'):
+      calibrate.calibrate_folders(clean, degraded)
+  train = calibrate.calibrate_folders(tmp_path / 'train' / 'infrared_Enhance', tmp_path / 'train' / 'infrared_noise')
+  assert list(train['videos']) == ['known']
+
+
+def test_suggested_ranges_widen_the_measured_range():
+  assert calibrate.suggest_range('infrared.pixel_std', 0.04, 0.05) == [0.026, 0.075]  # 0.0267 down, 0.075.
+  assert calibrate.suggest_range('infrared.tone_knee', 0.15, 0.25) == [0.1, 0.375]
+  # Gains widen their attenuation 1 - g: [0.01, 0.07] -> [0.006, 0.105].
+  assert calibrate.suggest_range('visible.gain', 0.93, 0.99) == [0.895, 0.994]
+  # Below the noise floor (half a grey level): the component is off.
+  assert calibrate.suggest_range('infrared.row_std', 0.0003, 0.0005) == [0.0, 0.0]

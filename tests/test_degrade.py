@@ -11,13 +11,19 @@ from scipy import ndimage
 from vfusion_jax.data import degrade
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'm3svd_sample'
-SAMPLE_VIDEOS = ('0111_1716', '0114_1609', '0115_1834')
+# The sample's training videos, from which the default ranges were calibrated (0111_1716 is held out).
+TRAIN_VIDEOS = ('0114_1609', '0115_1834')
 SAMPLE_FRAMES = 4
 DRAWS_PER_VIDEO = 8
 # Half a grey level: statistics this close to a range end count as inside (they are at the noise floor).
 STAT_ATOL = 0.5 / 255
 # The infrared coverage test works on this central window of the 480x640 frames, to stay fast.
 IR_WINDOW = (slice(120, 360), slice(160, 480))
+# Bias-field positivity: many draws on a small virtual frame (the same code path as 480x640), a few at 480x640.
+FIELD_DRAW_SIZE = (48, 64)
+FIELD_DRAWS = 200
+FIELD_DRAWS_FULL = 10
+FIELD_ATOL = 1e-6  # float32 rounding of the field.
 COVERED_STATS = ('column_std', 'row_std', 'temporal_row_std', 'pixel_std', 'offset_mean', 'offset_min',
                  'offset_max', 'tone_slope')
 
@@ -103,6 +109,42 @@ def test_parameters_are_drawn_once_per_clip():
   assert np.std(ir_lq[0, 12, :, 0]) > 0.005  # the column stripes are there.
 
 
+def test_frame_t_does_not_depend_on_the_frames_that_follow():
+  """Degrading the first frames of a clip gives the first frames of degrading the whole clip."""
+  rng = np.random.default_rng(9)
+  ir = _smooth_texture(rng, (12, 24, 32, 1))
+  vi = _smooth_texture(rng, (12, 24, 32, 3))
+  cfg = dataclasses.replace(degrade.DegradationConfig(), ir_temporal_row_std_range=_fixed(0.02))
+  short = degrade.degrade_clip(ir[:4], vi[:4], np.random.default_rng(3), cfg)
+  full = degrade.degrade_clip(ir, vi, np.random.default_rng(3), cfg)
+  for a, b in zip(short, full):
+    np.testing.assert_array_equal(a, b[:4])
+  # The per-frame noise does differ between frames.
+  noise = degrade.sample_ir_noise(np.random.default_rng(3), cfg, 2, 24, 32)
+  assert not np.array_equal(noise.pixel[0], noise.pixel[1])
+  assert not np.array_equal(noise.temporal_row[0], noise.temporal_row[1])
+
+
+@pytest.mark.parametrize('size', [FIELD_DRAW_SIZE, degrade.DEFAULT_FIELD_FRAME_SIZE])
+def test_bias_field_is_positive_for_every_draw(size):
+  """The field stays >= FIELD_MIN_FRACTION * mean over the whole frame, also at the worst range ends."""
+  draws = FIELD_DRAWS if size == FIELD_DRAW_SIZE else FIELD_DRAWS_FULL
+  default = dataclasses.replace(degrade.DegradationConfig(), field_frame_size=size)
+  lo_mean = (default.ir_offset_mean_range[0],) * 2
+  hi_amplitude = (default.ir_offset_amplitude_range[1],) * 2
+  worst = dataclasses.replace(default, ir_offset_mean_range=lo_mean, ir_offset_amplitude_range=hi_amplitude)
+  rng = np.random.default_rng(10)
+  capped = 0
+  for cfg in (default, worst):
+    for _ in range(draws):
+      noise = degrade.sample_ir_noise(rng, cfg, 1, *size)
+      mean = noise.params['offset_mean']
+      assert noise.offset.min() >= degrade.FIELD_MIN_FRACTION * mean - FIELD_ATOL, noise.params
+      assert noise.params['offset_amplitude'] <= noise.params['offset_amplitude_drawn']
+      capped += noise.params['offset_amplitude'] < noise.params['offset_amplitude_drawn']
+  assert 0 < capped < 2 * draws
+
+
 @pytest.mark.parametrize('sigma', [0.9, 1.5, 2.1])
 def test_estimate_blur_sigma_recovers_known_sigma(sigma):
   rng = np.random.default_rng(3)
@@ -145,7 +187,7 @@ def test_estimate_stripe_stats_sees_no_stripes_in_pixel_noise():
 
 
 def test_default_ranges_cover_real_infrared_statistics():
-  """Real (infrared_Enhance, infrared_noise) statistics lie within those of default-range degradations.
+  """Real training (infrared_Enhance, infrared_noise) statistics lie within those of default-range degradations.
 
   Both are measured on the same central window of the same clean frames; the degradations are drawn as for
   a crop of a 480x640 frame, as in training.
@@ -153,7 +195,7 @@ def test_default_ranges_cover_real_infrared_statistics():
   cfg = degrade.DegradationConfig()
   rng = np.random.default_rng(6)
   real, drawn = {}, []
-  for video in SAMPLE_VIDEOS:
+  for video in TRAIN_VIDEOS:
     clean = _load_sample('infrared_Enhance', video)[:, IR_WINDOW[0], IR_WINDOW[1], :1]
     noisy = _load_sample('infrared_noise', video)[:, IR_WINDOW[0], IR_WINDOW[1], :1]
     real[video] = degrade.estimate_stripe_stats(clean, noisy)
@@ -167,9 +209,9 @@ def test_default_ranges_cover_real_infrared_statistics():
       assert lo - STAT_ATOL <= stats[key] <= hi + STAT_ATOL, (video, key, stats[key], lo, hi)
 
 
-@pytest.mark.parametrize('video', SAMPLE_VIDEOS)
+@pytest.mark.parametrize('video', TRAIN_VIDEOS)
 def test_default_ranges_cover_real_visible_blur(video):
-  """The real (visible_Enhance, visible_Blur) best fit lies inside the default ranges."""
+  """The real training (visible_Enhance, visible_Blur) best fit lies inside the default ranges."""
   clean = _load_sample('visible_Enhance', video, 1)
   blurred = _load_sample('visible_Blur', video, 1)
   sigma, gain, offset = degrade.estimate_blur_sigma(clean, blurred, return_affine=True)

@@ -11,7 +11,7 @@ import pytest
 
 from configs import m3svd
 from conftest import LOCAL_FIXTURES, REPO, shared_data
-from vfusion_jax import checkpoint, convert, evaluate, inference, io, metrics, windows
+from vfusion_jax import baselines, checkpoint, convert, evaluate, inference, io, metrics, windows
 from vfusion_jax.data import synthetic, video_io
 
 TINY_NPZ = LOCAL_FIXTURES / 'videofusion_tiny_T3_32.npz'
@@ -80,16 +80,24 @@ def test_outputs_written(degraded_run):
       assert sorted(p.name for p in (out / kind / video).iterdir()) == [f'{t:04d}.png' for t in range(NUM_FRAMES)]
     for plot in ('intensity', 'column'):
       assert video_io.load_png(out / 'plots' / f'{video}_{plot}.png').shape[-1] == 3
-  assert len(_read_csv(out / 'metrics_per_frame.csv')) == 3 * len(VIDEOS) * NUM_FRAMES
-  assert len(_read_csv(out / 'metrics_per_video.csv')) == 3 * len(VIDEOS)
-  assert [r['method'] for r in _read_csv(out / 'metrics_mean.csv')] == ['VideoFusion', 'pixel_max', 'pixel_mean']
+  methods = ['VideoFusion', 'pixel_max', 'pixel_mean', 'restored_max']
+  assert len(_read_csv(out / 'metrics_per_frame.csv')) == len(methods) * len(VIDEOS) * NUM_FRAMES
+  assert len(_read_csv(out / 'metrics_per_video.csv')) == len(methods) * len(VIDEOS)
+  assert [r['method'] for r in _read_csv(out / 'metrics_mean.csv')] == methods
   stored = json.loads((out / 'metrics.json').read_text())
   assert stored['setting'] == 'degraded' and stored['references'] == 'clean'
   assert stored['inputs'] == ['infrared_noise', 'visible_Blur']
   assert stored['window'] == {'window': WINDOW, 'overlap': 1, 'rule': 'blend', 'tile_size': 0, 'tile_overlap': 32}
   table = (out / 'metrics.md').read_text()
   assert '**setting: degraded**' in table and '**references: clean**' in table
+  # The VF-Bench substitutes are labelled _fb, never with the paper's bare names.
+  assert '| BiSWE_fb ↓ | MS2R_fb ↓ |' in table and 'BiSWE ↓' not in table and 'MS2R ↓' not in table
+  assert {'BiSWE_fb', 'MS2R_fb', 'BiSWE_fb_valid_frac'} <= set(_read_csv(out / 'metrics_per_video.csv')[0])
+  assert stored['vfbench_fb_sources'] == ['infrared_Enhance', 'visible_Enhance']
   assert '| pixel_max |' in table and 'Restoration' in table and summary['videos'] == list(VIDEOS)
+  assert '| restored_max |' in table and 'IR PSNR classical' in table
+  assert stored['baselines']['methods'] == methods[1:]
+  assert stored['baselines']['restored_max']['ir_offset'] == pytest.approx(37.8)
 
 
 def test_output_in_a_bucket_equals_the_local_output(degraded_run, dataset, tiny_apply, gcs_emulator):
@@ -135,12 +143,25 @@ def test_metrics_agree_with_the_pngs_and_the_clean_references(degraded_run, data
     expected = metrics.fusion_metrics(fused[t], content['ir_gt'][t], content['vi_gt'][t])
     for key, value in expected.items():
       assert float(row[key]) == pytest.approx(value, rel=1e-12, abs=1e-12)
-    base = next(r for r in rows if r['video'] == video and r['method'] == 'pixel_max' and int(r['frame']) == t)
-    expected = metrics.fusion_metrics(np.maximum(content['ir_lq'][t], content['vi_lq'][t]), content['ir_gt'][t],
-                                      content['vi_gt'][t])
-    assert float(base['MI']) == pytest.approx(expected['MI'], abs=1e-12)
+    # The baselines are stretched exactly as the network's output (IR read as one channel).
+    ir_lq, vi_lq = content['ir_lq'][t][..., :1], content['vi_lq'][t]
+    ir3 = np.repeat(ir_lq, 3, axis=-1).astype(np.float32) / 255
+    restored = np.maximum(np.repeat(baselines.restore_ir(ir_lq), 3, axis=-1), baselines.restore_vi(vi_lq))
+    for method, x in (('pixel_max', np.maximum(ir3, vi_lq.astype(np.float32) / 255)), ('restored_max', restored)):
+      base = next(r for r in rows if r['video'] == video and r['method'] == method and int(r['frame']) == t)
+      expected = metrics.fusion_metrics(metrics.quantize_fused(x), content['ir_gt'][t], content['vi_gt'][t])
+      for key in ('MI', 'VIF', 'SSIM', 'Qabf'):
+        assert float(base[key]) == pytest.approx(expected[key], abs=1e-12), (method, key)
   per_video = summary['per_video']['VideoFusion'][1]
   assert per_video['flowD_fb'] == pytest.approx(metrics.flowd_fb(fused, np.stack(content['vi_gt'])), abs=1e-9)
+  ir_gt, vi_gt = np.stack(content['ir_gt']), np.stack(content['vi_gt'])
+  assert per_video['BiSWE_fb'] == pytest.approx(metrics.biswe_fb(fused, ir_gt, vi_gt), abs=1e-9)
+  assert per_video['MS2R_fb'] == pytest.approx(metrics.ms2r_fb(fused, ir_gt, vi_gt), abs=1e-9)
+  baseline = np.stack([metrics.quantize_fused(np.maximum(a, b).astype(np.float32) / 255)
+                       for a, b in zip(content['ir_lq'], content['vi_lq'])])
+  assert summary['per_video']['pixel_max'][1]['BiSWE_fb'] == pytest.approx(
+      metrics.biswe_fb(baseline, ir_gt, vi_gt), abs=1e-9)
+  assert all(r['BiSWE_fb'] != '' and 0 < float(r['BiSWE_fb_valid_frac']) <= 1 for r in rows)
   assert per_video['tdiff'] == pytest.approx(metrics.tdiff(fused), abs=1e-9)
   assert per_video['EN'] == pytest.approx(np.mean([metrics.en(f) for f in fused]), abs=1e-12)
   mean = summary['mean']['VideoFusion']
@@ -158,12 +179,35 @@ def test_restoration_gain_is_measured_against_clean(degraded_run, dataset):
   assert float(row['SSIM_ir_input']) == pytest.approx(
       metrics.ssim_pair(content['ir_lq'][0][..., 0], content['ir_gt'][0][..., 0]))  # Equal channels.
   assert summary['restoration']['mean']['PSNR_vi_input'] > 0
+  classical_ir = metrics.to_uint8(baselines.restore_ir(content['ir_lq'][0][..., :1]))
+  assert float(row['PSNR_ir_classical']) == pytest.approx(evaluate.psnr(np.repeat(classical_ir, 3, axis=-1),
+                                                                        content['ir_gt'][0]))
+  classical_vi = metrics.to_uint8(baselines.restore_vi(content['vi_lq'][0]))
+  assert float(row['SSIM_vi_classical']) == pytest.approx(evaluate.ssim_rgb(classical_vi, content['vi_gt'][0]))
 
 
 def _fake_apply(ir, vi):
   """Stand-in for the network (no compile): fusion = mean of the inputs, restorations = the inputs."""
   ir3 = np.broadcast_to(ir, vi.shape)
   return {'fusion': 0.5 * (ir3 + vi), 'ir': ir3, 'vi': vi}
+
+
+@pytest.mark.parametrize('setting', evaluate.SETTINGS)
+@pytest.mark.parametrize('fused_minmax', [True, False])
+def test_baselines_are_quantised_like_the_network(dataset, tmp_path, setting, fused_minmax):
+  """The stand-in network fuses by the pixel mean: its rows equal the pixel_mean rows, stretched or not.
+
+  Windows of 2 tile the NUM_FRAMES = 6 frames, so no blend of overlapping windows rounds the stand-in's output.
+  """
+  options = evaluate.EvalOptions(setting=setting, window=windows.WindowConfig(2), fused_minmax=fused_minmax,
+                                 save_restored=False, plots=False, videos=(VIDEOS[0],))
+  summary = evaluate.evaluate(dataset[0], tmp_path / 'out', apply_fn=_fake_apply, options=options, progress=False)
+  expected = ['VideoFusion', 'pixel_max', 'pixel_mean'] + (['restored_max'] if setting == 'degraded' else [])
+  assert list(summary['mean']) == expected
+  network, mean = summary['per_video']['VideoFusion'][0], summary['per_video']['pixel_mean'][0]
+  for key in evaluate.FRAME_KEYS + evaluate.TEMPORAL_KEYS:
+    assert network[key] == mean[key], key
+  assert summary['mean']['pixel_max'] != summary['mean']['pixel_mean']
 
 
 def test_normal_setting_with_degraded_references(dataset, tmp_path):
@@ -180,6 +224,12 @@ def test_normal_setting_with_degraded_references(dataset, tmp_path):
   np.testing.assert_array_equal(fused, metrics.quantize_fused(x))
   row = _read_csv(tmp_path / 'out' / 'metrics_per_frame.csv')[2]
   assert float(row['Qabf']) == pytest.approx(metrics.qabf(fused, content['ir_lq'][2], content['vi_lq'][2]))
+  # BiSWE_fb and MS2R_fb take their source flows from the references too.
+  video = np.stack([video_io.load_png(tmp_path / 'out' / 'fusion' / VIDEOS[0] / f'{t:04d}.png')
+                    for t in range(NUM_FRAMES)])
+  ir_lq, vi_lq = np.stack(content['ir_lq']), np.stack(content['vi_lq'])
+  assert summary['per_video']['VideoFusion'][0]['MS2R_fb'] == pytest.approx(metrics.ms2r_fb(video, ir_lq, vi_lq),
+                                                                              abs=1e-9)
   assert '**references: degraded**' in (tmp_path / 'out' / 'metrics.md').read_text()
 
 
@@ -193,6 +243,27 @@ def test_data_without_degraded_frames_is_degraded_with_a_fixed_seed(tmp_path):
   assert any('degraded with vfusion_jax.data.degrade' in n for n in first['notes'])
   assert first['mean'] == second['mean']
   assert first['restoration']['mean']['PSNR_vi_input'] < 60  # The inputs really are degraded.
+
+
+def test_synthetic_degradation_does_not_depend_on_max_frames():
+  """Frame t of a video's synthetic degradation is the same whether 4 or all 12 frames are evaluated."""
+  source = synthetic.SyntheticVideoSource(num_videos=1, frames_per_video=12, frames_per_example=12, height=HEIGHT,
+                                          width=WIDTH)
+  short = evaluate.add_synthetic_degradation(next(evaluate.open_videos(source, max_frames=4)))
+  full = evaluate.add_synthetic_degradation(next(evaluate.open_videos(source)))
+  short_frames, full_frames = list(short.frames()), list(full.frames())
+  assert (len(short_frames), len(full_frames)) == (4, 12)
+  for a, b in zip(short_frames, full_frames):
+    for key in (evaluate.IR_LQ, evaluate.VI_LQ):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_one_frame_video_has_no_temporal_metrics(dataset, tmp_path):
+  options = evaluate.EvalOptions(window=windows.WindowConfig(WINDOW), max_frames=1, videos=(VIDEOS[0],),
+                                 save_restored=False, plots=False)
+  summary = evaluate.evaluate(dataset[0], tmp_path / 'out', apply_fn=_fake_apply, options=options, progress=False)
+  for key in ('flowD_fb', 'tdiff', 'BiSWE_fb', 'MS2R_fb', 'BiSWE_fb_valid_frac'):
+    assert np.isnan(summary['mean']['VideoFusion'][key]), key
 
 
 def test_tfds_records_give_the_same_tables_as_the_frame_folders(dataset, tmp_path):

@@ -35,6 +35,14 @@ TOLERANCES = {
     'Qabf': ('abs', 1e-6),
 }
 FLOWD_TOL = 1e-4
+# METRICS_VFBENCH.md B.9, on frames of its size (96 x 128).
+VFBENCH_SHAPE = (96, 128)
+# Static BiSWE_fb is not exactly 0: Farneback's self-flow is not zero near borders (B.2). B.9 measured 0.005
+# on its texture; these textures give 0.005-0.025.
+VFBENCH_STATIC_TOL = 0.05
+VFBENCH_STEP_TOL = 0.01
+VFBENCH_MS2R_STATIC_TOL = 1e-3
+VFBENCH_ACCEL_RANGE = (1.3, 1.6)  # (2 + 1) / 2 inside the frame, a little less with the borders.
 # scikit-image's Gaussian SSIM matches MATLAB's map 5 px inside the border.
 SSIM_BORDER = 5
 SKIMAGE_MAP_TOL = 1e-9
@@ -661,6 +669,174 @@ def test_flowd_fb_matches_independent_warp_on_real_video():
                                                order=1, mode='nearest') for c in range(3)], -1)
     dists.append(np.mean(np.linalg.norm(fused[t].astype(np.float64) - warped, axis=-1)))
   assert abs(metrics.flowd_fb(fused, guide) - np.mean(dists)) <= FLOWD_TOL
+
+
+# ----------------------------------------------------------------------------
+# BiSWE_fb and MS2R_fb (METRICS_VFBENCH.md Part B).
+
+
+def _ref_fb(a, b):
+  """FB(a, b) of B.2, straight from OpenCV on the reference grey."""
+  cv2 = pytest.importorskip('cv2')
+  flow = cv2.calcOpticalFlowFarneback(_ref_gray(a), _ref_gray(b), None, 0.5, 3, 15, 3, 5, 1.2, 0)
+  return flow.astype(np.float64)
+
+
+def _ref_warp(img, flow):
+  """Border-clamped exact bilinear backward warp of (H, W, C) by map_coordinates."""
+  h, w = img.shape[:2]
+  rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing='ij')
+  coords = [rows + flow[..., 1], cols + flow[..., 0]]
+  return np.stack([ndimage.map_coordinates(img[..., c], coords, order=1, mode='nearest')
+                   for c in range(img.shape[-1])], -1)
+
+
+def _ref_vfbench(fused, sources):
+  """Per-centre (BiSWE_fb, valid_frac, MS2R_fb), window by window as VF-Bench does (18 flows each)."""
+  fused = fused.astype(np.float64).reshape(fused.shape[:3] + (-1,))
+  sources = [s[..., 0] if s.ndim == 4 and s.shape[-1] == 1 else s for s in sources]
+  last = len(fused) - 1
+  out = []
+  for c in range(last + 1):
+    p, n = max(c - 1, 0), min(c + 1, last)
+    errors, fractions = [], []
+    for side in (p, n):
+      mask = np.ones(fused.shape[1:3])
+      for s in sources:
+        a, b = _ref_fb(s[c], s[side]), _ref_fb(s[side], s[c])
+        cycle = a + _ref_warp(b, a)
+        mask *= np.hypot(cycle[..., 0], cycle[..., 1]) < 1.0
+      warped = _ref_warp(fused[side], _ref_fb(fused[c].astype(np.uint8), fused[side].astype(np.uint8)))
+      error = np.abs(fused[c] - warped).mean(-1)
+      errors.append((mask * error).sum() / (mask.sum() + 1e-10))
+      fractions.append(mask.mean())
+    g8 = fused.astype(np.uint8)
+    d_fused = _ref_fb(g8[c], g8[n]) - _ref_fb(g8[p], g8[c])
+    ms2r = 0.5 * sum(np.abs(d_fused - (_ref_fb(s[c], s[n]) - _ref_fb(s[p], s[c]))).mean() for s in sources)
+    out.append((errors[0] + errors[1], 0.5 * (fractions[0] + fractions[1]), ms2r))
+  return out
+
+
+def _moving(rng, shape, steps, channels=3, sigma=3.0):
+  """uint8 (T, H, W, C) crops of one smooth texture (values 20..220) at cumulative (dx, dy) steps."""
+  h, w = shape
+  pad = 4 + sum(max(abs(dx), abs(dy)) for dx, dy in steps)
+  base = _smooth_u8(rng, (h + 2 * pad, w + 2 * pad, channels), sigma)
+  base = (20 + base.astype(np.float64) * 200 / 255).round().astype(np.uint8)
+  frames, x, y = [], 0, 0
+  for dx, dy in [(0, 0)] + list(steps):
+    x, y = x + dx, y + dy
+    frames.append(base[pad - y: pad - y + h, pad - x: pad - x + w])  # Content moves by (+x, +y).
+  return np.stack(frames)
+
+
+def _stream_flows(frames):
+  stream = metrics.TripletFlowStream()
+  flows = [stream.push(f) for f in frames][1:]
+  return flows + [stream.finish()]
+
+
+def test_vfbench_fb_match_an_independent_window_by_window_reference():
+  rng = np.random.default_rng(20)
+  vi = _moving(rng, (32, 40), [(1, 0), (2, 1), (1, 1)])
+  ir = np.stack([_smooth_u8(rng, (32, 40, 1), 2) for _ in range(4)])  # Unrelated frames: partial masks.
+  noise = rng.integers(0, 12, vi.shape)
+  fused = np.clip((vi.astype(np.float64) + ir) / 2 + noise, 0, 255).round().astype(np.uint8)
+  want = _ref_vfbench(fused, [ir, vi])
+  assert abs(metrics.biswe_fb(fused, ir, vi) - np.mean([w[0] for w in want])) <= FLOWD_TOL
+  assert abs(metrics.ms2r_fb(fused, ir, vi) - np.mean([w[2] for w in want])) <= FLOWD_TOL
+  # The streaming terms, centre by centre.
+  fused_flows = _stream_flows(fused)
+  source_flows = list(zip(_stream_flows(ir), _stream_flows(vi)))
+  for t, (biswe, valid, ms2r) in enumerate(want):
+    prev, nxt = fused[max(t - 1, 0)], fused[min(t + 1, 3)]
+    got = metrics.biswe_fb_term(prev, fused[t], nxt, fused_flows[t], metrics.source_masks(source_flows[t]))
+    assert got == pytest.approx((biswe, valid), abs=FLOWD_TOL)
+    assert metrics.ms2r_fb_term(fused_flows[t], source_flows[t]) == pytest.approx(ms2r, abs=FLOWD_TOL)
+  assert 0 < min(w[1] for w in want) and max(w[1] for w in want) < 1  # The masks matter.
+
+
+def test_triplet_flow_stream_computes_each_neighbour_flow_once(monkeypatch):
+  pytest.importorskip('cv2')
+  calls = []
+  flow = metrics.farneback_backward_flow
+  monkeypatch.setattr(metrics, 'farneback_backward_flow', lambda a, b: calls.append(1) or flow(a, b))
+  video = _moving(np.random.default_rng(21), (24, 32), [(1, 0)] * 4)
+  flows = metrics.sequence_triplet_flows(video)
+  assert len(flows) == 5 and len(calls) == 2 * (5 - 1) + 2
+  np.testing.assert_array_equal(flows[2].to_next, flows[3].from_prev)  # FB(V_2, V_3), shared.
+  np.testing.assert_array_equal(flows[0].to_prev, flows[0].from_prev)  # FB(V_0, V_0), computed once.
+
+
+def test_vfbench_fb_identical_inputs():
+  """G = S1 = S2: MS2R_fb is exactly 0 (static or moving); static BiSWE_fb ~ 0 with full masks."""
+  pytest.importorskip('cv2')
+  rng = np.random.default_rng(22)
+  still = _moving(rng, VFBENCH_SHAPE, [(0, 0)] * 2)
+  assert metrics.ms2r_fb(still, still, still) == 0.0
+  assert metrics.biswe_fb(still, still, still) < VFBENCH_STATIC_TOL
+  flows = _stream_flows(still)
+  for t in range(3):
+    masks = metrics.source_masks([flows[t]] * 2)
+    _, valid = metrics.biswe_fb_term(still[max(t - 1, 0)], still[t], still[min(t + 1, 2)], flows[t], masks)
+    assert valid == 1.0
+  moving = _moving(rng, VFBENCH_SHAPE, [(2, 1), (2, 1)])
+  assert metrics.ms2r_fb(moving, moving, moving) == 0.0
+
+
+@pytest.mark.parametrize('delta', [5, 10])
+def test_vfbench_fb_brightness_step_gives_two_delta(delta):
+  """Static scene and sources, centre fused frame + delta: BiSWE_fb(centre) ~ 2 delta, MS2R_fb ~ 0."""
+  pytest.importorskip('cv2')
+  rng = np.random.default_rng(23)
+  fused = _moving(rng, VFBENCH_SHAPE, [(0, 0)] * 2)
+  fused[1] += np.uint8(delta)  # Values 20..220: no saturation.
+  ir = _moving(rng, VFBENCH_SHAPE, [(0, 0)] * 2, channels=1)
+  vi = _moving(rng, VFBENCH_SHAPE, [(0, 0)] * 2)
+  fused_flows = _stream_flows(fused)
+  sources = list(zip(_stream_flows(ir), _stream_flows(vi)))
+  biswe, _ = metrics.biswe_fb_term(fused[0], fused[1], fused[2], fused_flows[1], metrics.source_masks(sources[1]))
+  assert biswe == pytest.approx(2 * delta, abs=VFBENCH_STEP_TOL)
+  assert metrics.ms2r_fb_term(fused_flows[1], sources[1]) < VFBENCH_MS2R_STATIC_TOL
+  # Per video: the end centres see one step each, the middle one two: (1 + 2 + 1) delta / 3.
+  assert metrics.biswe_fb(fused, ir, vi) == pytest.approx(4 * delta / 3, abs=VFBENCH_STEP_TOL)
+
+
+def test_vfbench_fb_acceleration_and_source_swap():
+  """Sources at constant velocity, fused accelerating by (+2, +1): MS2R_fb ~ (2 + 1) / 2 inside the frame."""
+  pytest.importorskip('cv2')
+  rng = np.random.default_rng(24)
+  ir = _moving(rng, VFBENCH_SHAPE, [(2, 1), (2, 1)], channels=1)
+  vi = _moving(rng, VFBENCH_SHAPE, [(2, 1), (2, 1)])
+  fused = _moving(rng, VFBENCH_SHAPE, [(2, 1), (4, 2)])
+  fused_flows = _stream_flows(fused)
+  sources = list(zip(_stream_flows(ir), _stream_flows(vi)))
+  assert VFBENCH_ACCEL_RANGE[0] < metrics.ms2r_fb_term(fused_flows[1], sources[1]) < VFBENCH_ACCEL_RANGE[1]
+  assert metrics.biswe_fb(fused, ir, vi) == metrics.biswe_fb(fused, vi, ir)
+  assert metrics.ms2r_fb(fused, ir, vi) == metrics.ms2r_fb(fused, vi, ir)
+
+
+def test_vfbench_fb_grey_fused_equals_three_equal_channels():
+  pytest.importorskip('cv2')
+  rng = np.random.default_rng(25)
+  grey = _moving(rng, (32, 40), [(1, 1), (2, 0)], channels=1)
+  vi = _moving(rng, (32, 40), [(1, 1), (2, 0)])
+  rgb = np.repeat(grey, 3, axis=-1)
+  assert metrics.biswe_fb(grey, grey, vi) == pytest.approx(metrics.biswe_fb(rgb, grey, vi), abs=1e-12)
+  assert metrics.biswe_fb(grey[..., 0], grey, vi) == pytest.approx(metrics.biswe_fb(rgb, grey, vi), abs=1e-12)
+  assert metrics.ms2r_fb(grey, grey, vi) == metrics.ms2r_fb(rgb, grey, vi)
+
+
+def test_vfbench_fb_input_validation():
+  seq = np.zeros((3, 8, 8), np.uint8)
+  with pytest.raises(ValueError, match='share'):
+    metrics.biswe_fb(seq, seq[:2], seq)
+  with pytest.raises(ValueError, match='at least 2 frames'):
+    metrics.ms2r_fb(seq[:1], seq[:1], seq[:1])
+  with pytest.raises(ValueError, match='uint8'):
+    metrics.biswe_fb(seq.astype(np.float32), seq, seq)
+  with pytest.raises(ValueError, match='no frame'):
+    metrics.TripletFlowStream().finish()
 
 
 def test_intensity_curve():

@@ -4,7 +4,8 @@
 same code as streaming inference), frame by frame and in bounded memory for frame folders and video files:
 
 * **setting** 'degraded' feeds the dataset's degraded frames (``infrared_noise``, ``visible_Blur``); data without
-  them is degraded here with ``data.degrade`` and a fixed seed per video. 'normal' feeds the clean frames.
+  them is degraded here with ``data.degrade`` and a fixed seed per video (frame t's degradation does not depend
+  on ``max_frames``). 'normal' feeds the clean frames.
 * **references** 'clean' or 'degraded': the source frames the fusion metrics compare against (METRICS.md 11).
 * Fused frames are quantised exactly as METRICS.md 1 says (``metrics.quantize_fused``: per-frame min-max
   stretch, round half to even) and saved as PNG; the metrics are computed from those uint8 frames. Restored
@@ -12,11 +13,18 @@ same code as streaming inference), frame by frame and in bounded memory for fram
 * Metrics (``vfusion_jax.metrics``): EN, MI, MI_nomerge, SF, SD, VIF, SSIM, SSIM_toolboxL1, Qabf per frame;
   flowD_fb (Farneback flow on the clean visible frames, METRICS.md 10.2) and tdiff per consecutive pair
   (``metrics.flowd_fb_term`` and ``metrics.tdiff_term``, the terms ``metrics.flowd_fb`` and ``metrics.tdiff``
-  average); the mean grey level per frame. Per video = mean over its frames (pairs), overall = mean over videos.
-* The same rows for the trivial baselines: the pixel-wise max and mean of the network's inputs (uint8, no
-  stretch).
+  average); BiSWE_fb (with its diagnostic BiSWE_fb_valid_frac) and MS2R_fb per centre frame of the clamped
+  triplet (t-1, t, t+1), with the source flows on the reference frames (METRICS_VFBENCH.md Part B:
+  ``metrics.biswe_fb_term`` and ``metrics.ms2r_fb_term``, the terms ``metrics.biswe_fb`` and ``metrics.ms2r_fb``
+  average; Farneback substitutes, not VF-Bench's BiSWE / MS2R); the mean grey level per frame. Per video = mean
+  over its frames (pairs), overall = mean over videos.
+* The same rows for the baselines, each quantised exactly as the fused frames (``metrics.fused_to_uint8`` with
+  the same ``fused_minmax``): the pixel-wise max and mean of the network's inputs and, in the degraded setting
+  only, ``restored_max``: the pixel max of the inputs restored by fixed classical filters
+  (``vfusion_jax.baselines``).
 * Degraded setting with clean frames: PSNR (BasicSR: uint8 RGB, peak 255) and SSIM (MATLAB SSIM of METRICS.md 6
-  per RGB channel, averaged) of the restored IR/visible and of the degraded inputs against the clean frames.
+  per RGB channel, averaged) of the restored IR/visible, of the degraded inputs and (with the baselines) of the
+  classical restorations against the clean frames.
 
 Output folder::
 
@@ -52,6 +60,7 @@ from absl import logging
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vfusion_jax import baselines
 from vfusion_jax import inference
 from vfusion_jax import io
 from vfusion_jax import logging_utils
@@ -64,22 +73,28 @@ PathLike = Union[str, os.PathLike]
 SETTINGS = ('degraded', 'normal')
 REFERENCES = ('clean', 'degraded')
 MODEL = 'VideoFusion'
-PIXEL_MAX, PIXEL_MEAN = 'pixel_max', 'pixel_mean'
+PIXEL_MAX, PIXEL_MEAN, RESTORED_MAX = 'pixel_max', 'pixel_mean', 'restored_max'
 BASELINES = (PIXEL_MAX, PIXEL_MEAN)
+# Baselines of the degraded setting only: restoring clean inputs (e.g. removing the IR offset) would damage them.
+DEGRADED_BASELINES = (RESTORED_MAX,)
 IR_GT, VI_GT, IR_LQ, VI_LQ = 'ir_gt', 'vi_gt', 'ir_lq', 'vi_lq'
 INPUT_STREAMS = {'degraded': (IR_LQ, VI_LQ), 'normal': (IR_GT, VI_GT)}
 REFERENCE_STREAMS = {'degraded': (IR_LQ, VI_LQ), 'clean': (IR_GT, VI_GT)}
 # Folder names of the release (REFERENCE.md 8.1), for the tables.
 STREAM_NAMES = {IR_GT: 'infrared_Enhance', VI_GT: 'visible_Enhance', IR_LQ: 'infrared_noise',
                 VI_LQ: 'visible_Blur'}
-TEMPORAL_KEYS = ('flowD_fb', 'tdiff')
+BISWE_FB, BISWE_FB_VALID, MS2R_FB = 'BiSWE_fb', 'BiSWE_fb_valid_frac', 'MS2R_fb'
+TEMPORAL_KEYS = ('flowD_fb', 'tdiff', BISWE_FB, MS2R_FB, BISWE_FB_VALID)
 INTENSITY = 'intensity'
 FRAME_KEYS = metrics.METRIC_KEYS + (INTENSITY,)
-TABLE_KEYS = ('EN', 'MI', 'SF', 'SD', 'VIF', 'SSIM', 'Qabf', 'flowD_fb', 'tdiff', 'MI_nomerge', 'SSIM_toolboxL1')
-LOWER_IS_BETTER = ('flowD_fb',)
+TABLE_KEYS = ('EN', 'MI', 'SF', 'SD', 'VIF', 'SSIM', 'Qabf', 'flowD_fb', 'tdiff', BISWE_FB, MS2R_FB, 'MI_nomerge',
+              'SSIM_toolboxL1')
+LOWER_IS_BETTER = ('flowD_fb', BISWE_FB, MS2R_FB)
 NO_DIRECTION = ('tdiff',)
-RESTORATION_KEYS = ('PSNR_ir_input', 'PSNR_ir_restored', 'SSIM_ir_input', 'SSIM_ir_restored',
-                    'PSNR_vi_input', 'PSNR_vi_restored', 'SSIM_vi_input', 'SSIM_vi_restored')
+CLASSICAL = 'classical'  # baselines.restore_ir / restore_vi, in the restoration tables.
+RESTORATION_KINDS = ('input', 'restored', CLASSICAL)  # Degraded input, network output, classical filters.
+RESTORATION_KEYS = tuple(f'{metric}_{key}_{kind}' for key in ('ir', 'vi') for metric in ('PSNR', 'SSIM')
+                         for kind in RESTORATION_KINDS)
 UINT8_MAX = 255.0  # PSNR peak.
 DEFAULT_DEGRADE_SEED = 0
 TABLE_DIGITS = 4
@@ -106,7 +121,8 @@ class EvalOptions:
     fused_minmax: quantise fused frames with the per-frame min-max stretch (METRICS.md 1); else clip + round.
     save_restored: write the restored IR/visible frames.
     save_mp4: also write the fused video as mp4.
-    baselines: add the pixel max / mean rows.
+    baselines: add the pixel max / mean rows and, in the degraded setting, restored_max and the classical
+      restoration's PSNR / SSIM.
     plots: write the temporal plots.
     slice_column: image column of the column-slice plot (default: the middle one).
     degrade_seed: seed of the degradation of data without degraded frames.
@@ -228,7 +244,8 @@ def _seed_for(seed: int, video: str) -> np.random.SeedSequence:
 def add_synthetic_degradation(video: EvalVideo, seed: int = DEFAULT_DEGRADE_SEED) -> EvalVideo:
   """Adds ir_lq / vi_lq made from the clean frames with ``data.degrade`` (one draw per video, seeded by name).
 
-  The degradation's fixed patterns span the whole video, so the video is held in memory.
+  The degradation's fixed patterns span the whole video, so the video is held in memory. Frame t's degradation
+  depends on (seed, video name, frame size, t) only, so ``max_frames`` does not change it.
   """
   from vfusion_jax.data import degrade  # pylint: disable=g-import-not-at-top
 
@@ -253,14 +270,18 @@ def _rgb(frame: np.ndarray) -> np.ndarray:
   return np.repeat(frame, 3, axis=-1) if frame.shape[-1] == 1 else frame
 
 
-def baseline_frames(ir: np.ndarray, vi: np.ndarray) -> dict[str, np.ndarray]:
-  """Pixel-wise max and mean of uint8 IR (H, W, 1|3) and visible (H, W, 3) -> uint8 (H, W, 3) each.
+def baseline_frames(ir: np.ndarray, vi: np.ndarray, minmax: bool = True,
+                    classical: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+  """Baseline fused frames of uint8 IR (H, W, 1|3) and visible (H, W, 3) -> uint8 (H, W, 3) each.
 
-  The mean rounds half to even; neither is stretched.
+  pixel_max / pixel_mean: the pixel-wise max / mean of the inputs as float32 in [0, 1] (IR widened to RGB); with
+  ``classical`` ({'ir', 'vi'}: ``baselines.restore_ir`` / ``restore_vi`` of the inputs) also restored_max, their
+  pixel max. Each is quantised exactly as the network's fused output: ``metrics.fused_to_uint8(x, minmax)``.
   """
-  ir3 = _rgb(ir)
-  mean = np.round((ir3.astype(np.float64) + vi.astype(np.float64)) / 2.0).astype(np.uint8)
-  return {PIXEL_MAX: np.maximum(ir3, vi), PIXEL_MEAN: mean}
+  floats = {PIXEL_MAX: baselines.pixel_max(ir, vi), PIXEL_MEAN: baselines.pixel_mean(ir, vi)}
+  if classical is not None:
+    floats[RESTORED_MAX] = baselines.pixel_max(classical['ir'], classical['vi'])
+  return {k: metrics.fused_to_uint8(x, minmax) for k, x in floats.items()}
 
 
 def psnr(x: np.ndarray, y: np.ndarray) -> float:
@@ -274,13 +295,28 @@ def ssim_rgb(x: np.ndarray, y: np.ndarray) -> float:
   return float(np.mean([metrics.ssim_pair(x[..., c], y[..., c]) for c in range(x.shape[-1])]))
 
 
+def baseline_methods(options: EvalOptions) -> tuple[str, ...]:
+  """The baseline rows ``options`` asks for: none, pixel max / mean, and restored_max in the degraded setting."""
+  if not options.baselines:
+    return ()
+  return BASELINES + (DEGRADED_BASELINES if options.setting == 'degraded' else ())
+
+
 def restoration_metrics(restored: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
-                        clean: Mapping[str, np.ndarray]) -> dict[str, float]:
-  """PSNR/SSIM of restored and input frames against clean ones, for 'ir' and 'vi' (uint8, IR widened to RGB)."""
-  row = {}
+                        clean: Mapping[str, np.ndarray],
+                        classical: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, float]:
+  """PSNR/SSIM against clean frames of restored, input and (if given) classically restored frames.
+
+  Each argument maps 'ir' and 'vi' to uint8 frames (IR widened to RGB); the keys of a missing ``classical`` are
+  None.
+  """
+  row = dict.fromkeys(k for k in RESTORATION_KEYS if k.endswith(f'_{CLASSICAL}'))
   for key in ('ir', 'vi'):
     reference = _rgb(clean[key])
-    for kind, frame in (('input', inputs[key]), ('restored', restored[key])):
+    frames = (('input', inputs[key]), ('restored', restored[key]))
+    if classical is not None:
+      frames += ((CLASSICAL, classical[key]),)
+    for kind, frame in frames:
       frame = _rgb(frame)
       row[f'PSNR_{key}_{kind}'] = psnr(frame, reference)
       row[f'SSIM_{key}_{kind}'] = ssim_rgb(frame, reference)
@@ -314,7 +350,7 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
   for key in (ir_key, vi_key, ref_ir_key, ref_vi_key):
     if key not in video.streams:
       raise ValueError(f'video {video.name} has no {STREAM_NAMES[key]} frames')
-  methods = (MODEL,) + (BASELINES if options.baselines else ())
+  methods = (MODEL,) + baseline_methods(options)
   restoration = options.setting == 'degraded' and IR_GT in video.streams and VI_GT in video.streams
   fifo = collections.deque()  # Frame dicts read for the model and not yet measured.
 
@@ -336,14 +372,18 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
   column = {}  # name -> list of (H, 3) columns over time
   input_intensity = {'IR input': [], 'visible input': []}
   prev = None  # (guide grey, {method: fused uint8}) of the previous frame
+  vfbench = _VfbenchFb(methods, (ref_ir_key, ref_vi_key), rows)
   bar = logging_utils.ProgressLine.frames(video.num_frames, enabled=progress)
   try:
     for t, out in windows.stream_windows(pairs(), video.num_frames, apply_fn, options.window):
       frame = fifo.popleft()
       name = video.frame_names[t]
       fused = {MODEL: metrics.fused_to_uint8(out['fusion'], options.fused_minmax)}
+      classical = None
+      if RESTORED_MAX in methods:
+        classical = {'ir': baselines.restore_ir(frame[ir_key]), 'vi': baselines.restore_vi(frame[vi_key])}
       if options.baselines:
-        fused.update(baseline_frames(frame[ir_key], frame[vi_key]))
+        fused.update(baseline_frames(frame[ir_key], frame[vi_key], options.fused_minmax, classical))
       io.save_png(fusion_dir / name, fused[MODEL])
       restored = {k: metrics.to_uint8(out[k]) for k in ('ir', 'vi')}
       for k, folder in restored_dirs.items():
@@ -358,11 +398,15 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
         row[INTENSITY] = float(np.mean(metrics.rgb_to_gray(f8)))
         row['flowD_fb'] = metrics.flowd_fb_term(f8, prev[1][method], flow) if prev is not None else None
         row['tdiff'] = metrics.tdiff_term(f8, prev[1][method]) if prev is not None else None
+        row.update(dict.fromkeys((BISWE_FB, MS2R_FB, BISWE_FB_VALID)))  # Filled in once frame t + 1 is known.
         rows[method].append(row)
+      vfbench.push(frame, fused)
       if restoration:
         row = {'video': video.name, 'frame': t, 'frame_name': name}
         row.update(restoration_metrics(restored, {'ir': frame[ir_key], 'vi': frame[vi_key]},
-                                       {'ir': frame[IR_GT], 'vi': frame[VI_GT]}))
+                                       {'ir': frame[IR_GT], 'vi': frame[VI_GT]},
+                                       None if classical is None else {k: metrics.to_uint8(v)
+                                                                       for k, v in classical.items()}))
         restoration_rows.append(row)
       col = options.slice_column if options.slice_column is not None else f8.shape[1] // 2
       if not 0 <= col < f8.shape[1]:
@@ -374,6 +418,7 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
       input_intensity['visible input'].append(float(np.mean(metrics.rgb_to_gray(frame[vi_key]))))
       prev = (guide, fused)
       bar(t + 1)
+    vfbench.finish()
     if mp4 is not None:
       mp4.close()
   except BaseException:
@@ -392,6 +437,46 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
     restoration_video.update({k: _mean([r[k] for r in restoration_rows]) for k in RESTORATION_KEYS})
   return dict(rows=rows, per_video=per_video, restoration_rows=restoration_rows,
               restoration=restoration_video, column=column, slice_column=col, input_intensity=input_intensity)
+
+
+class _VfbenchFb:
+  """Fills BiSWE_fb, BiSWE_fb_valid_frac and MS2R_fb into the rows of centre t - 1 once frame t is known.
+
+  Keeps the fused frames of the last two frames per method and one ``metrics.TripletFlowStream`` per fused
+  video and per reference stream; a 1-frame video keeps None (the metrics need T >= 2).
+  """
+
+  def __init__(self, methods: Sequence[str], source_keys: Sequence[str], rows: Mapping[str, list]):
+    self.source_keys = source_keys
+    self.rows = rows
+    self.sources = [metrics.TripletFlowStream() for _ in source_keys]
+    self.fused = {m: metrics.TripletFlowStream() for m in methods}
+    self.frames = collections.deque(maxlen=2)  # {method: fused uint8} of frames t - 2 and t - 1.
+    self.count = 0
+
+  def push(self, frame: Mapping[str, np.ndarray], fused: Mapping[str, np.ndarray]) -> None:
+    source_flows = [s.push(frame[k]) for s, k in zip(self.sources, self.source_keys)]
+    fused_flows = {m: s.push(fused[m]) for m, s in self.fused.items()}
+    if self.count:
+      self._measure(source_flows, fused_flows, fused)
+    self.frames.append(fused)
+    self.count += 1
+
+  def finish(self) -> None:
+    if self.count > 1:
+      self._measure([s.finish() for s in self.sources], {m: s.finish() for m, s in self.fused.items()},
+                    self.frames[-1])
+
+  def _measure(self, source_flows: list, fused_flows: Mapping[str, Any],
+               next_fused: Mapping[str, np.ndarray]) -> None:
+    """Centre count - 1, between the kept frames (t - 2 clamped to 0, t - 1) and ``next_fused``."""
+    prev, curr = self.frames[0], self.frames[-1]
+    masks = metrics.source_masks(source_flows)
+    for method, flows in fused_flows.items():
+      row = self.rows[method][self.count - 1]
+      row[BISWE_FB], row[BISWE_FB_VALID] = metrics.biswe_fb_term(prev[method], curr[method], next_fused[method],
+                                                                 flows, masks)
+      row[MS2R_FB] = metrics.ms2r_fb_term(flows, source_flows)
 
 
 def _check_output_dir(output_dir: io.Path, overwrite: bool) -> None:
@@ -486,7 +571,13 @@ def _summarise(results: list, options: EvalOptions, data: Any, checkpoint_dir, n
       'checkpoint': None if checkpoint_dir is None else str(checkpoint_dir),
       'window': dataclasses.asdict(options.window),
       'fused_minmax': options.fused_minmax,
+      'baselines': {
+          'methods': [m for m in methods if m != MODEL],
+          'quantisation': 'as the fused frames: metrics.fused_to_uint8 with fused_minmax',
+          RESTORED_MAX: baselines.constants() if RESTORED_MAX in methods else None,
+      },
       'flowD_fb_guide': 'MATLAB-grey clean visible frames (visible_Enhance), METRICS.md 10.2',
+      'vfbench_fb_sources': [STREAM_NAMES[ref_ir], STREAM_NAMES[ref_vi]],
       'videos': [r['per_video'][MODEL]['video'] for r in results],
       'mean': mean,
       'per_video': {m: [r['per_video'][m] for r in results] for m in methods},
@@ -538,10 +629,16 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
       f'* windows: T = {window["window"]}, overlap {window["overlap"]}, rule `{window["rule"]}`; {tiles}',
       '* fused frames: ' + ('per-frame min-max stretch, round half to even (METRICS.md 1)'
                             if summary['fused_minmax'] else 'round(255 clip(x, 0, 1))')
-      + f'; baselines `{PIXEL_MAX}`, `{PIXEL_MEAN}`: pixel-wise max / mean of the inputs, unstretched',
+      + f'; baselines `{PIXEL_MAX}`, `{PIXEL_MEAN}`: pixel-wise max / mean of the inputs, '
+      f'`{RESTORED_MAX}` (degraded setting): pixel max of the inputs restored by fixed classical filters '
+      '(vfusion_jax.baselines); every baseline is quantised exactly as the fused frames',
       '* metrics per frame, averaged per video, then over videos; flowD_fb / tdiff over consecutive pairs. '
       'flowD_fb is this project\'s Farneback substitute (METRICS.md 10.2) on the clean visible frames, **not** '
-      'the paper\'s SEA-RAFT flowD.', '',
+      'the paper\'s SEA-RAFT flowD.',
+      '* BiSWE_fb / MS2R_fb: per centre frame of the clamped triplet (t-1, t, t+1), source flows on '
+      f'{" + ".join(summary["reference_frames"])}; this project\'s Farneback substitutes (METRICS_VFBENCH.md '
+      'Part B), **not** VF-Bench\'s SEA-RAFT BiSWE / MS2R and not comparable with its numbers. BiSWE_fb_valid_frac '
+      '(share of pixels passing both sources\' forward-backward check) is in the CSV and JSON files.', '',
       '## Fusion metrics (mean over videos)', '',
       '| method | ' + ' | '.join(_header(k) for k in TABLE_KEYS) + ' |',
       '|---|' + '---:|' * len(TABLE_KEYS),
@@ -559,18 +656,21 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
   if restoration['per_video']:
     lines += ['', '## Restoration (degraded setting): PSNR (dB) and SSIM against the clean frames', '',
               'PSNR: BasicSR (uint8 RGB, peak 255); SSIM: METRICS.md 6 (L = 255) per RGB channel, averaged. '
-              '"input" is the degraded network input, "restored" the network\'s output; gain = restored - input.',
-              '', '| video | IR PSNR input | IR PSNR restored | IR PSNR gain | IR SSIM input | IR SSIM restored | '
-              'VI PSNR input | VI PSNR restored | VI PSNR gain | VI SSIM input | VI SSIM restored |',
-              '|---|' + '---:|' * 10]
+              '"input" is the degraded network input, "restored" the network\'s output; gain = restored - input; '
+              '"classical" the fixed filters of restored_max (offset, destriping and median for IR; colour '
+              'correction and unsharp mask for visible; vfusion_jax.baselines).',
+              '', '| video | IR PSNR input | IR PSNR restored | IR PSNR gain | IR PSNR classical | IR SSIM input | '
+              'IR SSIM restored | IR SSIM classical | VI PSNR input | VI PSNR restored | VI PSNR gain | '
+              'VI PSNR classical | VI SSIM input | VI SSIM restored | VI SSIM classical |',
+              '|---|' + '---:|' * 14]
     rows = list(restoration['per_video']) + [dict(video='**mean**', **restoration['mean'])]
     for r in rows:
       cells = []
       for key in ('ir', 'vi'):
         cells += [r[f'PSNR_{key}_input'], r[f'PSNR_{key}_restored'],
-                  r[f'PSNR_{key}_restored'] - r[f'PSNR_{key}_input'], r[f'SSIM_{key}_input'],
-                  r[f'SSIM_{key}_restored']]
-      lines.append(f'| {r["video"]} | ' + ' | '.join(_fmt(float(c)) for c in cells) + ' |')
+                  r[f'PSNR_{key}_restored'] - r[f'PSNR_{key}_input'], r[f'PSNR_{key}_classical'],
+                  r[f'SSIM_{key}_input'], r[f'SSIM_{key}_restored'], r[f'SSIM_{key}_classical']]
+      lines.append(f'| {r["video"]} | ' + ' | '.join(_fmt(None if c is None else float(c)) for c in cells) + ' |')
   if summary['notes']:
     lines += ['', '## Notes', ''] + [f'* {n}' for n in summary['notes']]
   return '\n'.join(lines) + '\n'

@@ -24,7 +24,13 @@ Conventions shared by every public function:
   :func:`to_uint8`).
 * The temporal metrics take whole sequences; :func:`flowd_fb_term` and
   :func:`tdiff_term` are their per-pair terms, for evaluation that streams.
+* ``biswe_fb`` and ``ms2r_fb`` are the Farneback substitutes of VF-Bench's
+  BiSWE and MS2R (shared/spec/METRICS_VFBENCH.md Part B); their per-centre
+  terms :func:`biswe_fb_term` and :func:`ms2r_fb_term` take flows from
+  :class:`TripletFlowStream` (and masks from :func:`source_masks`).
 """
+
+import dataclasses
 
 import numpy as np
 from scipy import ndimage
@@ -58,6 +64,11 @@ SOBEL_Y = np.array([[1., 2., 1.], [0., 0., 0.], [-1., -2., -1.]])
 # cv2.calcOpticalFlowFarneback arguments of METRICS.md §10.2.
 FARNEBACK_PARAMS = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3,
                         poly_n=5, poly_sigma=1.2, flags=0)
+
+# METRICS_VFBENCH.md B.5: forward-backward threshold (px, strict <) and the
+# epsilon of the masked means.
+VFBENCH_FB_THRESHOLD = 1.0
+VFBENCH_EPS = 1e-10
 
 METRIC_KEYS = ('EN', 'MI', 'MI_nomerge', 'SF', 'SD', 'VIF', 'SSIM',
                'SSIM_toolboxL1', 'Qabf')
@@ -629,7 +640,9 @@ def farneback_backward_flow(curr, prev):
   """Backward flow u with ``curr(x) ~ prev(x + u(x))`` (METRICS.md §10.2).
 
   ``cv2.calcOpticalFlowFarneback(prev=curr, next=prev, ...)`` with
-  :data:`FARNEBACK_PARAMS`, on MATLAB-grey frames.
+  :data:`FARNEBACK_PARAMS`, on MATLAB-grey frames. This is ``FB(curr, prev)``
+  of METRICS_VFBENCH.md B.2, which BiSWE_fb and MS2R_fb call in both
+  directions.
 
   Args:
     curr: uint8 frame V_t, ``(H, W)`` or ``(H, W, 3)``.
@@ -780,3 +793,204 @@ def intensity_curve(frames):
     raise ValueError(
         f'frames must have shape (T, H, W) or (T, H, W, 3), got {frames.shape}.')
   return np.array([np.mean(rgb_to_gray(f)) for f in frames], np.float64)
+
+
+# ----------------------------------------------------------------------------
+# BiSWE_fb and MS2R_fb (METRICS_VFBENCH.md Part B): VF-Bench's BiSWE and MS2R
+# with Farneback flow instead of SEA-RAFT. Not comparable with the paper's
+# numbers; never report them under the bare names.
+
+
+@dataclasses.dataclass(frozen=True)
+class TripletFlows:
+  """Farneback flows of one video around the centre c of a triplet (p, c, n) (METRICS_VFBENCH.md B.4).
+
+  Each field is a float64 ``(H, W, 2)`` flow ``FB(a, b)`` =
+  :func:`farneback_backward_flow` ``(a, b)``, with ``a(x) ~ b(x + FB(a, b)(x))``.
+
+  Attributes:
+    to_prev: ``FB(V_c, V_p)``.
+    from_prev: ``FB(V_p, V_c)``.
+    to_next: ``FB(V_c, V_n)``.
+    from_next: ``FB(V_n, V_c)``.
+  """
+  to_prev: np.ndarray
+  from_prev: np.ndarray
+  to_next: np.ndarray
+  from_next: np.ndarray
+
+
+class TripletFlowStream:
+  """The :class:`TripletFlows` of every centre of one video, from frames pushed in order (B.7).
+
+  Flows between neighbours are computed once each: ``2 (T - 1) + 2`` Farneback
+  calls for T frames, the two extra ones being the self-flows ``FB(V_0, V_0)``
+  and ``FB(V_{T-1}, V_{T-1})`` of the clamped end triplets (computed, not
+  zero: Farneback's self-flow is not exactly zero near borders).
+  """
+
+  def __init__(self):
+    self._last = None  # MATLAB grey of the last frame pushed.
+    self._to_prev = None  # FB(V_c, V_p) of the next centre to report.
+    self._from_prev = None  # FB(V_p, V_c) of the next centre to report.
+
+  def push(self, frame):
+    """Adds frame t (uint8 ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``).
+
+    Returns:
+      The :class:`TripletFlows` of centre t - 1, or None for t = 0.
+    """
+    grey = rgb_to_gray(frame)
+    if self._last is None:
+      self._to_prev = self._from_prev = farneback_backward_flow(grey, grey)
+      self._last = grey
+      return None
+    forward = farneback_backward_flow(self._last, grey)
+    backward = farneback_backward_flow(grey, self._last)
+    flows = TripletFlows(self._to_prev, self._from_prev, forward, backward)
+    self._to_prev, self._from_prev, self._last = backward, forward, grey
+    return flows
+
+  def finish(self):
+    """The :class:`TripletFlows` of the last centre, whose next frame is itself."""
+    if self._last is None:
+      raise ValueError('no frame was pushed')
+    last = farneback_backward_flow(self._last, self._last)
+    return TripletFlows(self._to_prev, self._from_prev, last, last)
+
+
+def sequence_triplet_flows(frames):
+  """:class:`TripletFlows` of every centre t = 0..T-1 of a uint8 ``(T, H, W[, 3])`` video."""
+  stream = TripletFlowStream()
+  flows = [stream.push(frame) for frame in frames][1:]
+  return flows + [stream.finish()]
+
+
+def fb_consistency_mask(forward, backward):
+  """Forward-backward check of VF-Bench (METRICS_VFBENCH.md A.4 step 1, B.5 step 1).
+
+  Args:
+    forward: float ``(H, W, 2)`` flow a from the centre to a neighbour.
+    backward: float ``(H, W, 2)`` flow b from that neighbour to the centre.
+
+  Returns:
+    float64 ``(H, W)``: 1.0 where ``|a + warp(b, a)|_2 < 1`` px (strict), else 0.0.
+  """
+  cycle = np.asarray(forward, np.float64) + warp_bilinear(backward, forward)
+  return (np.sqrt(np.sum(cycle * cycle, axis=-1)) < VFBENCH_FB_THRESHOLD).astype(np.float64)
+
+
+def _triplet(prev, curr, next_):
+  """Validates three uint8 frames of one shape; returns them as float64 (H, W, C)."""
+  frames = [np.asarray(f) for f in (prev, curr, next_)]
+  if any(f.dtype != np.uint8 for f in frames):
+    raise ValueError(f'frames must be uint8, got {[f.dtype for f in frames]}.')
+  if len({f.shape for f in frames}) > 1 or frames[0].ndim not in (2, 3):
+    raise ValueError('frames must share one shape (H, W) or (H, W, C), got '
+                     f'{[f.shape for f in frames]}.')
+  return [f.astype(np.float64).reshape(f.shape[:2] + (-1,)) for f in frames]
+
+
+def _masked_error(curr, warped, mask):
+  """e_s of B.5 step 4: masked mean of the channel-mean |G_c - warped|."""
+  error = np.mean(np.abs(curr - warped), axis=-1)
+  return float(np.sum(mask * error) / (np.sum(mask) + VFBENCH_EPS))
+
+
+def source_masks(source_flows):
+  """The masks M_p, M_n of one centre (METRICS_VFBENCH.md B.5 step 1), shared by every fused video.
+
+  Args:
+    source_flows: one :class:`TripletFlows` at the centre per source video
+      (infrared, visible).
+
+  Returns:
+    ``(mask_p, mask_n)``, float64 ``(H, W)`` of 0.0/1.0: 1 where every source
+    passes :func:`fb_consistency_mask` on that side.
+  """
+  mask_p = np.prod([fb_consistency_mask(s.to_prev, s.from_prev) for s in source_flows], axis=0)
+  mask_n = np.prod([fb_consistency_mask(s.to_next, s.from_next) for s in source_flows], axis=0)
+  return mask_p, mask_n
+
+
+def biswe_fb_term(prev, curr, next_, fused_flows, masks):
+  """BiSWE_fb of one centre t (METRICS_VFBENCH.md B.5), for streaming evaluation.
+
+  Args:
+    prev: uint8 fused frame G_p, ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``.
+    curr: uint8 fused frame G_c of the same shape.
+    next_: uint8 fused frame G_n of the same shape.
+    fused_flows: :class:`TripletFlows` of the fused video at c.
+    masks: :func:`source_masks` of the sources at c.
+
+  Returns:
+    ``(biswe, valid_frac)``: ``e_p + e_n`` in grey levels, in [0, 510], lower
+    is better (an empty mask gives e_s = 0, as in VF-Bench); and the
+    diagnostic ``(mean M_p + mean M_n) / 2`` in [0, 1].
+  """
+  g_p, g_c, g_n = _triplet(prev, curr, next_)
+  mask_p, mask_n = masks
+  e_p = _masked_error(g_c, warp_bilinear(g_p, fused_flows.to_prev), mask_p)
+  e_n = _masked_error(g_c, warp_bilinear(g_n, fused_flows.to_next), mask_n)
+  return e_p + e_n, 0.5 * (float(np.mean(mask_p)) + float(np.mean(mask_n)))
+
+
+def ms2r_fb_term(fused_flows, source_flows):
+  """MS2R_fb of one centre t (METRICS_VFBENCH.md B.6), for streaming evaluation.
+
+  Args:
+    fused_flows: :class:`TripletFlows` of the fused video at c.
+    source_flows: one :class:`TripletFlows` at c per source video (infrared,
+      visible).
+
+  Returns:
+    Mean over the sources k of ``mean |d_G - d_Sk|`` over all 2 H W flow
+    components, with ``d_V = FB(V_c, V_n) - FB(V_p, V_c)`` (no warping, no
+    mask); px/frame^2, >= 0, lower is better.
+  """
+  d_fused = fused_flows.to_next - fused_flows.from_prev
+  return float(np.mean([np.mean(np.abs(d_fused - (s.to_next - s.from_prev))) for s in source_flows]))
+
+
+def _vfbench_terms(fused_frames, ir_frames, vi_frames):
+  """(biswe, valid_frac, ms2r) of every centre of a video (B.4-B.7)."""
+  fused = _sequence(fused_frames, 'fused_frames')
+  sources = [_sequence(ir_frames, 'ir_frames'), _sequence(vi_frames, 'vi_frames')]
+  for name, frames in zip(('ir_frames', 'vi_frames'), sources):
+    if frames.shape[:3] != fused.shape[:3]:
+      raise ValueError(f'fused_frames and {name} must share (T, H, W); got {fused.shape[:3]} and '
+                       f'{frames.shape[:3]}.')
+  fused_flows = sequence_triplet_flows(fused)
+  source_flows = list(zip(*(sequence_triplet_flows(s) for s in sources)))
+  last = len(fused) - 1
+  for t in range(len(fused)):
+    prev, next_ = fused[max(t - 1, 0)], fused[min(t + 1, last)]
+    biswe, valid = biswe_fb_term(prev, fused[t], next_, fused_flows[t], source_masks(source_flows[t]))
+    yield biswe, valid, ms2r_fb_term(fused_flows[t], source_flows[t])
+
+
+def biswe_fb(fused_frames, ir_frames, vi_frames):
+  """BiSWE_fb of a video (METRICS_VFBENCH.md B.5): mean over the T centres of :func:`biswe_fb_term`.
+
+  Args:
+    fused_frames: uint8 ``(T, H, W)`` or ``(T, H, W, 3)``, T >= 2: the fused
+      video as saved; the error is taken in its own channels.
+    ir_frames: uint8 ``(T, H, W[, 1 or 3])`` infrared source (flows only).
+    vi_frames: uint8 ``(T, H, W[, 3])`` visible source (flows only).
+
+  Returns:
+    Grey levels in [0, 510]; lower is better. Swapping the sources changes nothing.
+  """
+  return float(np.mean([terms[0] for terms in _vfbench_terms(fused_frames, ir_frames, vi_frames)]))
+
+
+def ms2r_fb(fused_frames, ir_frames, vi_frames):
+  """MS2R_fb of a video (METRICS_VFBENCH.md B.6): mean over the T centres of :func:`ms2r_fb_term`.
+
+  Args: as :func:`biswe_fb`.
+
+  Returns:
+    px/frame^2, >= 0 (0 exactly when the fused video equals both sources);
+    lower is better. Swapping the sources changes nothing.
+  """
+  return float(np.mean([terms[2] for terms in _vfbench_terms(fused_frames, ir_frames, vi_frames)]))

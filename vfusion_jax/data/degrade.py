@@ -12,16 +12,21 @@ what the real `infrared_noise` - `infrared_Enhance` pairs show:
 
   lq = clip(tone(gt) + offset(y, x) + column(x) + row(y) + temporal_row(t, y) + pixel(t, y, x), 0, 1)
 
-* column/row: fixed-pattern stripes, one Gaussian value per column/row, shared by all frames;
+* column/row: fixed-pattern stripes, one Gaussian value per column/row, shared by all frames (row stripes:
+  absent in M3SVD, off by default);
 * temporal_row: one Gaussian value per (frame, row) (MDIVDNet's "line" noise; absent in M3SVD, off by default);
 * pixel: i.i.d. Gaussian per pixel and frame;
 * offset: a smooth positive bias field, MDIVDNet's normalised log-distance map raised to a power, placed in a
   virtual 480x640 frame from which the clip is a crop, so a small crop sees part of the field as on real data;
+  its amplitude is capped so that the field stays above `FIELD_MIN_FRACTION` of its mean everywhere;
 * tone: highlight compression tone(v) = v - slope * max(v - knee, 0). The real LQ IR is flatter than its GT
   above a knee (GT looks contrast-stretched), which a spatial field alone cannot explain.
 
 All arrays are float32 in [0, 1], channels-last; a clip is (T, H, W, C). Every function is pure numpy/scipy,
-picklable and deterministic given a `numpy.random.Generator`, so it runs in grain worker processes.
+picklable and deterministic given a `numpy.random.Generator`, so it runs in grain worker processes. The clip's
+generator draws only per-clip quantities (parameters, fixed patterns, and the seed of the per-frame noise); the
+per-frame noise of frame t comes from a generator of its own, so frame t of a degraded clip depends on the
+generator's seed, the frame size and t, not on how many frames follow.
 """
 
 import dataclasses
@@ -44,6 +49,11 @@ LOG_DISTANCE_SCALE = 0.05
 FIELD_CENTRE_MARGIN = 0.25
 # The frame mean of the field shape is taken on a grid with this stride (pixels).
 FIELD_MEAN_STRIDE = 8
+# The bias field stays at or above this fraction of its mean over the whole virtual frame (real M3SVD training
+# videos: 0.15 and 0.55); larger drawn amplitudes are capped to keep it there.
+FIELD_MIN_FRACTION = 0.1
+# 32-bit words of entropy drawn from a clip's generator to seed its per-frame generators.
+FRAME_SEED_WORDS = 4
 
 # Estimators.
 # A pixel is "clipped" when its noisy value is within half a grey level of 0 or 1.
@@ -74,40 +84,45 @@ MAX_MEDIAN_VALUES = 1_000_000
 class DegradationConfig:
   """Ranges of the per-clip degradation parameters; each is drawn uniformly from [lo, hi] once per clip.
 
-  Defaults cover what the real M3SVD val pairs show (measured with `estimate_blur_sigma` and
-  `estimate_stripe_stats` on 0111_1716, 0114_1609, 0115_1834). Values are in [0, 1] intensity units; a
-  range (v, v) fixes a parameter, (0, 0) switches a component off.
+  Defaults come from the real M3SVD training videos 0114_1609 and 0115_1834 only (the held-out 0111_1716 is
+  not used): `python -m vfusion_jax.data.calibrate --held_out=0111_1716` measures them with
+  `estimate_blur_sigma` and `estimate_stripe_stats`, and each measured range is widened as its
+  `calibrate.suggest_range` says (x1.5 either side, docs/calibration.md). Not measured: the blur sigma keeps
+  the paper's range, the field power MDIVDNet's. Values are in [0, 1] intensity units; a range (v, v) fixes a
+  parameter, (0, 0) switches a component off. "real" below is the measured training range.
 
   Attributes:
-    blur_sigma_range: Gaussian blur sigma in pixels (paper: U[0.9, 2.1]; real best fit 1.39-1.93).
+    blur_sigma_range: Gaussian blur sigma in pixels (paper: U[0.9, 2.1]; real best fit 1.40-1.93).
     vi_gain_range: per-channel gain applied after the blur (real 0.93-0.99).
-    vi_offset_range: per-channel offset applied after the blur (real 0.017-0.053).
-    ir_column_std_range: std of the fixed column stripes (real 0.029-0.032; MDIVDNet [0, 0.059]).
+    vi_offset_range: per-channel offset applied after the blur (real 0.022-0.052).
+    ir_column_std_range: std of the fixed column stripes (real 0.031-0.032; MDIVDNet [0, 0.059]).
     ir_row_std_range: std of the fixed row stripes (real: none, <= 0.0005 after removing the smooth field,
       whose vertical variation is what a raw row-mean std of 0.015-0.033 measures; MDIVDNet [0, 0.059]).
     ir_temporal_row_std_range: std of per-frame row stripes (real: none; MDIVDNet [0.02, 0.14]).
-    ir_pixel_std_range: std of the per-pixel noise (real 0.035-0.051; MDIVDNet [0.02, 0.14]).
-    ir_offset_mean_range: mean of the bias field over the virtual frame (real +0.12..+0.16).
-    ir_offset_amplitude_range: max - min of the bias field over the virtual frame (real 0.10-0.18).
+    ir_pixel_std_range: std of the per-pixel noise (real 0.043-0.051; MDIVDNet [0.02, 0.14]).
+    ir_offset_mean_range: mean of the bias field over the virtual frame (real +0.146..+0.162).
+    ir_offset_amplitude_range: max - min of the bias field over the virtual frame (real 0.099-0.181); a draw
+      that would take the field below `FIELD_MIN_FRACTION` of its mean somewhere is capped to the largest
+      amplitude that does not, so the field is positive for every draw.
     ir_offset_power_range: exponent of the normalised log-distance map (MDIVDNet uses 4).
-    ir_tone_knee_range: intensity above which the IR highlights are compressed (real 0.15-0.5).
-    ir_tone_slope_range: highlight compression slope, 0 = none (real 0.20-0.27).
+    ir_tone_knee_range: intensity above which the IR highlights are compressed (real 0.15-0.25).
+    ir_tone_slope_range: highlight compression slope, 0 = none (real 0.20-0.26).
     field_frame_size: (H, W) of the virtual frame holding the bias field; clips smaller than it are a
       random crop of it, larger clips use their own size.
     quantize: round the outputs to 8-bit grey levels, as the real LQ frames are 8-bit PNGs.
   """
   blur_sigma_range: Range = (0.9, 2.1)
-  vi_gain_range: Range = (0.9, 1.0)
-  vi_offset_range: Range = (0.01, 0.06)
-  ir_column_std_range: Range = (0.015, 0.05)
-  ir_row_std_range: Range = (0.0, 0.015)
+  vi_gain_range: Range = (0.895, 0.995)
+  vi_offset_range: Range = (0.014, 0.078)
+  ir_column_std_range: Range = (0.02, 0.049)
+  ir_row_std_range: Range = (0.0, 0.0)
   ir_temporal_row_std_range: Range = (0.0, 0.0)
-  ir_pixel_std_range: Range = (0.025, 0.06)
-  ir_offset_mean_range: Range = (0.08, 0.20)
-  ir_offset_amplitude_range: Range = (0.03, 0.20)
+  ir_pixel_std_range: Range = (0.028, 0.077)
+  ir_offset_mean_range: Range = (0.097, 0.244)
+  ir_offset_amplitude_range: Range = (0.065, 0.272)
   ir_offset_power_range: Range = (1.0, 4.0)
-  ir_tone_knee_range: Range = (0.1, 0.6)
-  ir_tone_slope_range: Range = (0.0, 0.35)
+  ir_tone_knee_range: Range = (0.1, 0.375)
+  ir_tone_slope_range: Range = (0.133, 0.398)
   field_frame_size: tuple[int, int] = DEFAULT_FIELD_FRAME_SIZE
   quantize: bool = True
 
@@ -131,7 +146,8 @@ class IrNoise:
     offset: (H, W) smooth bias field.
     tone_knee: knee of the highlight compression.
     tone_slope: slope of the highlight compression.
-    params: the drawn scalar parameters (stds, field mean/amplitude/power/centre), for logging and tests.
+    params: the drawn scalar parameters (stds, field mean/amplitude/power/centre; offset_amplitude is the one
+      applied, offset_amplitude_drawn the draw before the cap), for logging and tests.
   """
   column: np.ndarray
   row: np.ndarray
@@ -251,13 +267,19 @@ def log_distance_field(height: int, width: int, centre: tuple[float, float], pow
 
 def sample_ir_noise(rng: np.random.Generator, cfg: DegradationConfig, num_frames: int, height: int,
                     width: int) -> IrNoise:
-  """Draws one clip's IR degradation (parameters, then the noise arrays), in a fixed order."""
+  """Draws one clip's IR degradation.
+
+  ``rng`` draws, in a fixed order, the scalar parameters, the field geometry, the fixed column and row stripes
+  and the seed of the per-frame generators; how much of ``rng`` this uses depends on (height, width) only. The
+  temporal row stripes and pixel noise of frame t come from per-frame generator t, so they do not depend on
+  ``num_frames``.
+  """
   column_std = _uniform(rng, cfg.ir_column_std_range)
   row_std = _uniform(rng, cfg.ir_row_std_range)
   temporal_row_std = _uniform(rng, cfg.ir_temporal_row_std_range)
   pixel_std = _uniform(rng, cfg.ir_pixel_std_range)
   offset_mean = _uniform(rng, cfg.ir_offset_mean_range)
-  offset_amplitude = _uniform(rng, cfg.ir_offset_amplitude_range)
+  drawn_amplitude = _uniform(rng, cfg.ir_offset_amplitude_range)
   power = _uniform(rng, cfg.ir_offset_power_range)
   tone_knee = _uniform(rng, cfg.ir_tone_knee_range)
   tone_slope = _uniform(rng, cfg.ir_tone_slope_range)
@@ -274,16 +296,26 @@ def sample_ir_noise(rng: np.random.Generator, cfg: DegradationConfig, num_frames
                                          centre, power, (frame_h, frame_w)).mean()
   if invert:
     frame_shape_mean = 1.0 - frame_shape_mean
+  # shape >= 0, so the field is >= offset_mean - amplitude * frame_shape_mean everywhere in the virtual frame.
+  offset_amplitude = drawn_amplitude
+  if frame_shape_mean > 0:
+    offset_amplitude = min(drawn_amplitude, (1.0 - FIELD_MIN_FRACTION) * offset_mean / frame_shape_mean)
   offset = offset_mean + offset_amplitude * (shape - np.float32(frame_shape_mean))
 
-  std_normal = lambda size: rng.standard_normal(size, dtype=np.float32)
-  column = column_std * std_normal(width)
-  row = row_std * std_normal(height)
-  temporal_row = temporal_row_std * std_normal((num_frames, height))
-  pixel = pixel_std * std_normal((num_frames, height, width))
+  column = column_std * rng.standard_normal(width, dtype=np.float32)
+  row = row_std * rng.standard_normal(height, dtype=np.float32)
+  frame_seeds = np.random.SeedSequence(rng.integers(np.iinfo(np.uint32).max, size=FRAME_SEED_WORDS,
+                                                    dtype=np.uint32, endpoint=True))
+  temporal_row = np.empty((num_frames, height), np.float32)
+  pixel = np.empty((num_frames, height, width), np.float32)
+  for t, seed in enumerate(frame_seeds.spawn(num_frames)):
+    frame_rng = np.random.default_rng(seed)
+    temporal_row[t] = temporal_row_std * frame_rng.standard_normal(height, dtype=np.float32)
+    pixel[t] = pixel_std * frame_rng.standard_normal((height, width), dtype=np.float32)
   params = dict(column_std=column_std, row_std=row_std, temporal_row_std=temporal_row_std, pixel_std=pixel_std,
-                offset_mean=offset_mean, offset_amplitude=offset_amplitude, offset_power=power,
-                offset_centre=centre, offset_invert=invert, offset_origin=origin)
+                offset_mean=offset_mean, offset_amplitude=offset_amplitude,
+                offset_amplitude_drawn=drawn_amplitude, offset_power=power, offset_centre=centre,
+                offset_invert=invert, offset_origin=origin)
   return IrNoise(column=column, row=row, temporal_row=temporal_row, pixel=pixel,
                  offset=offset.astype(np.float32), tone_knee=tone_knee, tone_slope=tone_slope, params=params)
 
@@ -309,6 +341,9 @@ def degrade_visible(vi_clip: np.ndarray, sigma: float, gain: np.ndarray, offset:
 def degrade_clip(ir_clip: np.ndarray, vi_clip: np.ndarray, rng: np.random.Generator,
                  cfg: Optional[DegradationConfig] = None) -> tuple[np.ndarray, np.ndarray]:
   """Degrades a registered clean clip pair; parameters are drawn once per clip (IR first, then visible).
+
+  Frame t of the result depends on ``rng``'s state, the frame size, t and clean frame t only: degrading the first
+  k frames of a clip gives the first k frames of degrading the whole clip (see `sample_ir_noise`).
 
   Args:
     ir_clip: (T, H, W, 1) clean infrared, float in [0, 1] or uint8.
