@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# The CPU training study of docs/cpu_study.md, end to end: records -> training -> export -> evaluation -> report.
+# The CPU training study of docs/cpu_study.md, end to end: records -> two training stages -> export -> controls
+# -> evaluation matrix -> report.
 #
 #   bash scripts/cpu_study.sh [WORK_DIR]          (default WORK_DIR: /tmp/vfusion_cpu_study)
 #
 # Needs ../shared/data (m3svd_sample, m3svd_videos). Every stage resumes: the records are built once, training
 # continues from its last checkpoint, and a finished evaluation is kept. Environment: PYTHON (default python),
-# DATA (default ../shared/data), MAX_FRAMES (frames per m3svd_videos video, default 12), OUTPUT (report folder,
-# default docs/cpu_study). About 30 minutes of training and 8 of evaluation on an idle 2-core CPU.
+# DATA (default ../shared/data), MAX_FRAMES (frames of the held-out mp4, default 28 = 4 windows of 7), OUTPUT
+# (report folder, default docs/cpu_study). About 100 minutes of training and 40 of evaluation on an idle 2-core
+# CPU.
+#
+# Training (configs/m3svd.py:cpu_study): stage 1 trains on degraded clips only, on a cosine schedule of 6,000
+# steps, and stops at step 2,250 (config.stop_after_step); stage 2 starts from that checkpoint (parameters,
+# Adam state, input position) with 25 % clean clips (data.clean_fraction) and a fresh cosine schedule ending at
+# step 3,500.
+#
+# Held out, never trained on: 0111_1716 (frame folders with the release's own degraded frames) and 1230_1202
+# (mp4, synthetic degradation). The mp4 0111_1716 is the same recording as its frame folder and is not used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORK=${1:-/tmp/vfusion_cpu_study}
 PYTHON=${PYTHON:-python}
 DATA=${DATA:-../shared/data}
-MAX_FRAMES=${MAX_FRAMES:-12}
+MAX_FRAMES=${MAX_FRAMES:-28}
 OUTPUT=${OUTPUT:-docs/cpu_study}
-HELD_OUT=0111_1716
+HELD_OUT_FRAMES=0111_1716
+HELD_OUT_MP4=1230_1202
+CONFIG=configs/m3svd.py:cpu_study
+STAGE1_TOTAL=6000
+STAGE1_STOP=2250
 
 for folder in m3svd_sample m3svd_videos; do
   if [ ! -d "$DATA/$folder" ]; then
@@ -25,32 +39,61 @@ for folder in m3svd_sample m3svd_videos; do
 done
 mkdir -p "$WORK"
 
-echo "== records: 2 training videos, $HELD_OUT held out"
+echo "== records: 2 training videos, $HELD_OUT_FRAMES held out"
 "$PYTHON" -m vfusion_jax.data.build --manual_dir="$DATA/m3svd_sample" --data_dir="$WORK/tfds" \
-  --test_videos="$HELD_OUT" --config_name=cpu_study
+  --test_videos="$HELD_OUT_FRAMES" --config_name=cpu_study
 
-echo "== training (configs/m3svd.py:cpu_study)"
-"$PYTHON" train.py --config=configs/m3svd.py:cpu_study --config.data.data_dir="$WORK/tfds" --workdir="$WORK/train"
+train() {  # workdir [flags]
+  local workdir=$1
+  shift
+  "$PYTHON" train.py --config="$CONFIG" --config.data.data_dir="$WORK/tfds" --workdir="$workdir" "$@"
+}
 
-echo "== export"
+echo "== training, stage 1: degraded clips only, stops at step $STAGE1_STOP of a $STAGE1_TOTAL-step schedule"
+train "$WORK/stage1" --config.total_steps="$STAGE1_TOTAL" --config.stop_after_step="$STAGE1_STOP" \
+  --config.data.clean_fraction=0
+
+echo "== training, stage 2: from step $STAGE1_STOP, 25 % clean clips (configs/m3svd.py:cpu_study)"
+if [ ! -d "$WORK/train/checkpoints" ]; then
+  mkdir -p "$WORK/train/checkpoints"
+  cp -r "$WORK/stage1/checkpoints/$STAGE1_STOP" "$WORK/train/checkpoints/"
+fi
+train "$WORK/train"
+
+echo "== export: the study model, the stage-1 model (no clean clips) and the untrained control"
 "$PYTHON" -m vfusion_jax.export --workdir="$WORK/train" --output="$WORK/ckpt" --overwrite
+"$PYTHON" -m vfusion_jax.export --workdir="$WORK/stage1" --step="$STAGE1_STOP" --output="$WORK/ckpt_stage1" \
+  --overwrite
+"$PYTHON" scripts/untrained_checkpoint.py --config="$CONFIG" --output="$WORK/ckpt_untrained" --overwrite
 
-evaluate() {  # name data window [extra flags]
-  local name=$1 data=$2 window=$3
-  shift 3
-  local out="$WORK/eval_${name}_T${window}"
+evaluate() {  # name checkpoint data setting window overlap [extra flags]
+  local name=$1 ckpt=$2 data=$3 setting=$4 window=$5 overlap=$6
+  shift 6
+  local out="$WORK/eval/$name"
   if [ -f "$out/metrics.json" ]; then
     echo "kept $out"
     return
   fi
-  "$PYTHON" eval.py --config=configs/m3svd.py:cpu_study --checkpoint="$WORK/ckpt" --data="$data" \
-    --setting=degraded --references=clean --fuse.window="$window" --output="$out" --overwrite "$@"
+  echo "== evaluation $name"
+  "$PYTHON" eval.py --config="$CONFIG" --checkpoint="$ckpt" --data="$data" --setting="$setting" \
+    --references=clean --fuse.window="$window" --fuse.overlap="$overlap" --fuse.rule=blend --output="$out" \
+    --overwrite --noplots --nosave_restored "$@"
 }
 
-for window in 7 2; do
-  echo "== evaluation, windows of $window frames"
-  evaluate sample "$DATA/m3svd_sample" "$window" --videos="$HELD_OUT"
-  evaluate videos "$DATA/m3svd_videos" "$window" --max_frames="$MAX_FRAMES"
+# Names: <model>_<video>_<setting>_<windows>; w7 = the official non-overlapping windows of 7, w7o3 = windows of
+# 7 overlapping by 3 with the blend rule, w2 = frame pairs. Baselines are computed once per video and setting.
+FRAMES=("$DATA/m3svd_sample" --videos="$HELD_OUT_FRAMES")
+MP4=("$DATA/m3svd_videos" --videos="$HELD_OUT_MP4" --max_frames="$MAX_FRAMES")
+for setting in degraded normal; do
+  evaluate "final_frames_${setting}_w7" "$WORK/ckpt" "${FRAMES[0]}" "$setting" 7 0 "${FRAMES[@]:1}"
+  evaluate "final_frames_${setting}_w7o3" "$WORK/ckpt" "${FRAMES[0]}" "$setting" 7 3 "${FRAMES[@]:1}" --nobaselines
+  evaluate "final_frames_${setting}_w2" "$WORK/ckpt" "${FRAMES[0]}" "$setting" 2 0 "${FRAMES[@]:1}" --nobaselines
+  evaluate "final_mp4_${setting}_w7" "$WORK/ckpt" "${MP4[0]}" "$setting" 7 0 "${MP4[@]:1}"
+  evaluate "final_mp4_${setting}_w2" "$WORK/ckpt" "${MP4[0]}" "$setting" 2 0 "${MP4[@]:1}" --nobaselines
+  evaluate "stage1_frames_${setting}_w7" "$WORK/ckpt_stage1" "${FRAMES[0]}" "$setting" 7 0 "${FRAMES[@]:1}" \
+    --nobaselines
+  evaluate "untrained_frames_${setting}_w7" "$WORK/ckpt_untrained" "${FRAMES[0]}" "$setting" 7 0 \
+    "${FRAMES[@]:1}" --nobaselines
 done
 
 echo "== report"

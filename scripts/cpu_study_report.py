@@ -2,10 +2,11 @@ r"""Tables and figures of the CPU training study (docs/cpu_study.md) from the ou
 
   python scripts/cpu_study_report.py --work=/tmp/vfusion_cpu_study --output=docs/cpu_study
 
-Reads ``WORK/train/metrics.jsonl`` (the training log) and ``WORK/eval_<data>_T<window>/metrics.json`` (eval.py),
-and writes to ``--output``: ``loss.png`` (loss terms over training), ``strip.png`` (held-out frames: degraded
-IR | degraded visible | fused | restored IR | restored visible | clean IR | clean visible) and ``results.md``
-(the tables quoted by docs/cpu_study.md). Every number in them is read from those files.
+Reads the training logs ``WORK/{stage1,train}/metrics.jsonl`` and every ``WORK/eval/<name>/metrics.json``
+(eval.py; names ``<model>_<video>_<setting>_<windows>``) and writes to ``--output``: ``loss.png`` (loss terms
+over both training stages), ``strip.png`` (held-out frames: inputs and fused frames of both settings),
+``metrics.json`` (every evaluation's per-video and mean metrics, the study's record) and ``results.md`` (the
+tables quoted by docs/cpu_study.md). Every number in them is read from those files.
 """
 
 import json
@@ -23,126 +24,164 @@ from vfusion_jax import io  # pylint: disable=g-import-not-at-top,wrong-import-p
 from vfusion_jax import logging_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _WORK = flags.DEFINE_string('work', None, 'the study folder of scripts/cpu_study.sh', required=True)
-_OUTPUT = flags.DEFINE_string('output', None, 'where loss.png, strip.png and results.md go', required=True)
-_DATA = flags.DEFINE_string('data', '../shared/data', 'the shared data folder (for the degraded/clean inputs)')
+_OUTPUT = flags.DEFINE_string('output', None, 'where loss.png, strip.png, metrics.json, results.md go',
+                              required=True)
+_DATA = flags.DEFINE_string('data', '../shared/data', 'the shared data folder (for the input frames)')
 _STRIP_FRAME = flags.DEFINE_integer('strip_frame', 10, 'frame index shown in the picture strip')
 _STRIP_SCALE = flags.DEFINE_integer('strip_scale', 2, 'downscale factor of the strip panels')
 
-# (eval folder name, data folder under --data, caption). 'sample' holds the held-out 0111_1716 only.
-EVALS = (('sample', 'm3svd_sample', 'held-out 0111_1716 (m3svd_sample, the release\'s degraded frames)'),
-         ('videos', 'm3svd_videos', 'm3svd_videos (synthetic degradation, seed 0)'))
-WINDOWS = (7, 2)
-LOSS_GROUPS = {
-    'total and parts': ('l_total', 'l_fid_total', 'loss_fusion', 'l_cons_total'),
-    'restoration fidelity': ('ir_loss_fid', 'vi_loss_fid'),
-}
-TABLE_LOSS_KEYS = ('l_total', 'ir_loss_fid', 'vi_loss_fid', 'loss_fusion', 'l_cons_total')
+VIDEOS = {'frames': 'held-out 0111_1716 (frame folders; degraded setting: the release\'s own degraded frames)',
+          'mp4': 'held-out 1230_1202 (mp4, first frames; degraded setting: synthetic degradation, seed 0)'}
+SETTINGS = {'degraded': 'degraded setting (degraded inputs)', 'normal': 'normal setting (clean inputs)'}
+WINDOWS = {'w7': 'windows of 7 (official, no overlap)', 'w7o3': 'windows of 7 overlapping by 3, blend',
+           'w2': 'frame pairs (T = 2)'}
+MODELS = {'final': 'study model (weights/m3svd_tiny)', 'stage1': 'stage 1 only (no clean clips)',
+          'untrained': 'untrained (initial parameters)'}
+GOAL_KEYS = {'degraded': ('MI', 'VIF', 'SSIM', 'Qabf'), 'normal': ('VIF', 'SSIM', 'Qabf')}
 FUSION_KEYS = ('EN', 'MI', 'SF', 'SD', 'VIF', 'SSIM', 'Qabf')
+TEMPORAL_KEYS = ('flowD_fb', 'tdiff', 'BiSWE_fb', 'MS2R_fb')
+LOSS_KEYS = ('l_total', 'ir_loss_fid', 'vi_loss_fid', 'loss_fusion', 'l_cons_total')
+STAGES = ('stage1', 'train')
 
 
 def _load_log(path: pathlib.Path) -> list:
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in rows if 'l_total' in r]
+  """Loss rows of one training log; a step logged twice (a run resumed from an earlier checkpoint) keeps the
+  later row, the one the final parameters descend from."""
+  if not path.is_file():
+    return []
+  rows = {r['step']: r for r in logging_utils.read_metrics(path) if 'l_total' in r}
+  return [rows[step] for step in sorted(rows)]
+
+
+def training_rows(work: pathlib.Path) -> list:
+  """Logged steps of both stages in step order; stage 1's rows after the stage-2 start are not part of it."""
+  stage1, stage2 = (_load_log(work / stage / 'metrics.jsonl') for stage in STAGES)
+  start = min((r['step'] for r in stage2), default=float('inf'))
+  return [dict(r, stage=1) for r in stage1 if r['step'] < start] + [dict(r, stage=2) for r in stage2]
 
 
 def _smooth(values: np.ndarray, width: int) -> np.ndarray:
   if len(values) < width:
     return values
-  kernel = np.ones(width) / width
-  return np.convolve(values, kernel, mode='valid')
+  return np.convolve(values, np.ones(width) / width, mode='valid')
 
 
 def loss_figure(rows: list) -> np.ndarray:
-  """Two line charts (smoothed over 10 log points) of the loss terms, stacked -> uint8 image."""
-  step_of = [r['step'] for r in rows]
-  every = step_of[1] - step_of[0] if len(step_of) > 1 else 1
-  charts = []
-  for title, keys in LOSS_GROUPS.items():
-    series = {k: _smooth(np.array([r[k] for r in rows], np.float64), 10) for k in keys}
-    charts.append(evaluate.line_plot(series, f'training loss: {title} (moving mean of 10 log points)',
-                                     f'log point (every {every} steps)', 'loss'))
-  return np.concatenate(charts, axis=0)
+  series = {k: _smooth(np.array([r[k] for r in rows], np.float64), 20) for k in LOSS_KEYS}
+  every = rows[1]['step'] - rows[0]['step'] if len(rows) > 1 else 1
+  return evaluate.line_plot(series, 'training loss, both stages (moving mean of 20 log points)',
+                            f'log point (every {every} steps)', 'loss')
 
 
 def loss_table(rows: list) -> str:
-  """Mean of each loss term over 10 equal spans of training."""
-  lines = ['| steps | ' + ' | '.join(TABLE_LOSS_KEYS) + ' |', '|---|' + '---:|' * len(TABLE_LOSS_KEYS)]
-  for span in np.array_split(np.arange(len(rows)), 10):
-    if not len(span):
-      continue
-    part = [rows[i] for i in span]
-    cells = [f'{np.mean([r[k] for r in part]):.4f}' for k in TABLE_LOSS_KEYS]
-    lines.append(f'| {part[0]["step"]}-{part[-1]["step"]} | ' + ' | '.join(cells) + ' |')
+  lines = ['| stage | steps | learning rate | ' + ' | '.join(LOSS_KEYS) + ' |', '|---|---|---:|' +
+           '---:|' * len(LOSS_KEYS)]
+  for stage in (1, 2):
+    part_rows = [r for r in rows if r['stage'] == stage]
+    for span in np.array_split(np.arange(len(part_rows)), 5):
+      if not len(span):
+        continue
+      part = [part_rows[i] for i in span]
+      cells = [f'{np.mean([r[k] for r in part]):.4f}' for k in LOSS_KEYS]
+      lines.append(f'| {stage} | {part[0]["step"]}-{part[-1]["step"]} | {part[-1]["learning_rate"]:.2e} | ' +
+                   ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
-def _load_eval(work: pathlib.Path, name: str, window: int) -> dict:
-  path = work / f'eval_{name}_T{window}' / 'metrics.json'
-  if not path.is_file():
-    raise FileNotFoundError(f'{path} is missing: run scripts/cpu_study.sh first')
-  return json.loads(path.read_text())
+def load_evals(work: pathlib.Path) -> dict:
+  evals = {}
+  for path in sorted((work / 'eval').glob('*/metrics.json')):
+    evals[path.parent.name] = json.loads(path.read_text())
+  if not evals:
+    raise FileNotFoundError(f'no {work}/eval/*/metrics.json: run scripts/cpu_study.sh first')
+  return evals
 
 
-def restoration_table(summary: dict) -> str:
-  lines = ['| video | IR PSNR degraded | IR PSNR restored | gain | VI PSNR degraded | VI PSNR restored | gain | '
-           'IR SSIM degraded / restored | VI SSIM degraded / restored |', '|---|' + '---:|' * 8]
-  rows = summary['restoration']['per_video'] + [dict(summary['restoration']['mean'], video='**mean**')]
-  for r in rows:
-    cells = []
-    for key in ('ir', 'vi'):
-      cells += [f'{r[f"PSNR_{key}_input"]:.2f}', f'{r[f"PSNR_{key}_restored"]:.2f}',
-                f'{r[f"PSNR_{key}_restored"] - r[f"PSNR_{key}_input"]:+.2f}']
-    cells += [f'{r["SSIM_ir_input"]:.4f} / {r["SSIM_ir_restored"]:.4f}',
-              f'{r["SSIM_vi_input"]:.4f} / {r["SSIM_vi_restored"]:.4f}']
-    lines.append(f'| {r["video"]} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
+def _get(evals: dict, model: str, video: str, setting: str, windows: str):
+  return evals.get(f'{model}_{video}_{setting}_{windows}')
 
 
-def fusion_table(summary: dict) -> str:
-  methods = (evaluate.MODEL, evaluate.PIXEL_MAX, evaluate.PIXEL_MEAN)
+def goal_table(summary: dict, setting: str) -> str:
+  methods = [m for m in summary['mean'] if m != evaluate.MODEL]
   lines = ['| method | ' + ' | '.join(FUSION_KEYS) + ' |', '|---|' + '---:|' * len(FUSION_KEYS)]
-  for method in methods:
+  for method in [evaluate.MODEL, *methods]:
     mean = summary['mean'][method]
     lines.append(f'| {method} | ' + ' | '.join(f'{mean[k]:.4f}' for k in FUSION_KEYS) + ' |')
+  model, pixel_max = summary['mean'][evaluate.MODEL], summary['mean'][evaluate.PIXEL_MAX]
+  verdicts = [f'{k} {"yes" if model[k] > pixel_max[k] else "**no**"} ({model[k] - pixel_max[k]:+.4f})'
+              for k in GOAL_KEYS[setting]]
+  lines += ['', 'Goal, VideoFusion above the stretched pixel max: ' + ', '.join(verdicts) + '.']
   return '\n'.join(lines)
 
 
-def temporal_table(by_window: dict) -> str:
-  """flowD_fb and tdiff (lower = steadier) of the fused video per window length, and of the baselines."""
-  lines = ['| fused by | flowD_fb | tdiff |', '|---|---:|---:|']
-  for window, summary in by_window.items():
-    mean = summary['mean'][evaluate.MODEL]
-    label = f'VideoFusion, windows of T={window}' + (' (frame-wise: pairs)' if window == 2 else '')
-    lines.append(f'| {label} | {mean["flowD_fb"]:.4f} | {mean["tdiff"]:.4f} |')
-  first = next(iter(by_window.values()))
-  for method in (evaluate.PIXEL_MAX, evaluate.PIXEL_MEAN):
-    lines.append(f'| {method} | {first["mean"][method]["flowD_fb"]:.4f} | {first["mean"][method]["tdiff"]:.4f} |')
+def _number(value, digits: int) -> str:
+  return '–' if value is None else f'{value:.{digits}f}'
+
+
+def restoration_table(evals: dict, video: str) -> str:
+  lines = ['| model | IR PSNR input | IR PSNR restored | IR PSNR classical | VI PSNR input | VI PSNR restored | '
+           'VI PSNR classical | IR SSIM input / restored / classical | VI SSIM input / restored / classical |',
+           '|---|' + '---:|' * 8]
+  for model, label in MODELS.items():
+    summary = _get(evals, model, video, 'degraded', 'w7')
+    if summary is None or not summary['restoration']['mean']:
+      continue
+    r = summary['restoration']['mean']
+    cells = []
+    for key in ('ir', 'vi'):
+      cells += [_number(r.get(f'PSNR_{key}_{kind}'), 2) for kind in ('input', 'restored', 'classical')]
+    cells += [' / '.join(_number(r.get(f'SSIM_{key}_{kind}'), 4) for kind in ('input', 'restored', 'classical'))
+              for key in ('ir', 'vi')]
+    lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
+
+
+def controls_table(evals: dict, video: str) -> str:
+  keys = ('MI', 'VIF', 'SSIM', 'Qabf', 'flowD_fb')
+  lines = ['| model | setting | ' + ' | '.join(keys) + ' |', '|---|---|' + '---:|' * len(keys)]
+  for setting in SETTINGS:
+    for model, label in MODELS.items():
+      summary = _get(evals, model, video, setting, 'w7')
+      if summary is None:
+        continue
+      mean = summary['mean'][evaluate.MODEL]
+      lines.append(f'| {label} | {setting} | ' + ' | '.join(f'{mean[k]:.4f}' for k in keys) + ' |')
+    reference = _get(evals, 'final', video, setting, 'w7')
+    if reference is not None:
+      mean = reference['mean'][evaluate.PIXEL_MAX]
+      lines.append(f'| pixel_max (stretched) | {setting} | ' + ' | '.join(f'{mean[k]:.4f}' for k in keys) + ' |')
+  return '\n'.join(lines)
+
+
+def temporal_table(evals: dict, video: str, setting: str) -> str:
+  lines = ['| fused by | ' + ' | '.join(TEMPORAL_KEYS) + ' |', '|---|' + '---:|' * len(TEMPORAL_KEYS)]
+  for windows, label in WINDOWS.items():
+    summary = _get(evals, 'final', video, setting, windows)
+    if summary is not None:
+      mean = summary['mean'][evaluate.MODEL]
+      lines.append(f'| VideoFusion, {label} | ' + ' | '.join(f'{mean[k]:.4f}' for k in TEMPORAL_KEYS) + ' |')
+  reference = _get(evals, 'final', video, setting, 'w7')
+  if reference is not None:
+    for method, mean in reference['mean'].items():
+      if method != evaluate.MODEL:
+        lines.append(f'| {method} (stretched) | ' + ' | '.join(f'{mean[k]:.4f}' for k in TEMPORAL_KEYS) + ' |')
+  return '\n'.join(lines)
+
+
+def record(evals: dict) -> dict:
+  """What docs/cpu_study/metrics.json keeps of every evaluation: its set-up, per-video and mean metrics."""
+  keep = ('setting', 'references', 'data', 'window', 'videos', 'mean', 'per_video', 'restoration', 'notes')
+  out = {}
+  for name, summary in evals.items():
+    entry = {k: summary[k] for k in keep if k in summary}
+    entry['checkpoint'] = pathlib.Path(summary['checkpoint']).name
+    out[name] = entry
+  return out
 
 
 def _pil_open(path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   return Image.open(path).convert('RGB')
-
-
-def picture_strip(work: pathlib.Path, data: pathlib.Path, frame: int, scale: int) -> np.ndarray:
-  """One row per evaluated video (windows of 7): the network's inputs, outputs and the clean frames."""
-  rows = []
-  for name, folder, _ in EVALS:
-    summary = _load_eval(work, name, WINDOWS[0])
-    for video in evaluate.open_videos(data / folder, videos=summary['videos'], max_frames=frame + 1):
-      if not {evaluate.IR_LQ, evaluate.VI_LQ} <= set(video.streams):
-        video = evaluate.add_synthetic_degradation(video)
-      inputs = list(video.frames())[frame]
-      fused_name = video.frame_names[frame]
-      out = work / f'eval_{name}_T{WINDOWS[0]}'
-      panels = [inputs[evaluate.IR_LQ], inputs[evaluate.VI_LQ],
-                np.asarray(_pil_open(out / 'fusion' / video.name / fused_name)),
-                np.asarray(_pil_open(out / 'ir' / video.name / fused_name)),
-                np.asarray(_pil_open(out / 'vi' / video.name / fused_name)),
-                inputs[evaluate.IR_GT], inputs[evaluate.VI_GT]]
-      rows.append([_rgb(p)[::scale, ::scale] for p in panels])
-  return logging_utils.image_strip(rows)
 
 
 def _rgb(frame: np.ndarray) -> np.ndarray:
@@ -152,29 +191,53 @@ def _rgb(frame: np.ndarray) -> np.ndarray:
   return np.repeat(frame, 3, axis=-1) if frame.shape[-1] == 1 else frame
 
 
+def picture_strip(work: pathlib.Path, data: pathlib.Path, frame: int, scale: int) -> np.ndarray:
+  """Held-out 0111_1716, one row per setting: IR input | visible input | fused (study model) | fused (untrained)."""
+  rows = []
+  for setting in SETTINGS:
+    final = work / 'eval' / f'final_frames_{setting}_w7'
+    untrained = work / 'eval' / f'untrained_frames_{setting}_w7'
+    summary = json.loads((final / 'metrics.json').read_text())
+    inputs = evaluate.INPUT_STREAMS[setting]
+    for video in evaluate.open_videos(data / 'm3svd_sample', videos=summary['videos'], max_frames=frame + 1):
+      frames = list(video.frames())[frame]
+      name = video.frame_names[frame]
+      panels = [frames[inputs[0]], frames[inputs[1]], np.asarray(_pil_open(final / 'fusion' / video.name / name))]
+      if (untrained / 'fusion' / video.name / name).is_file():
+        panels.append(np.asarray(_pil_open(untrained / 'fusion' / video.name / name)))
+      rows.append([_rgb(p)[::scale, ::scale] for p in panels])
+  return logging_utils.image_strip(rows)
+
+
 def main(argv):
   del argv
   work, output, data = pathlib.Path(_WORK.value), pathlib.Path(_OUTPUT.value), pathlib.Path(_DATA.value)
   output.mkdir(parents=True, exist_ok=True)
-  rows = _load_log(work / 'train' / 'metrics.jsonl')
+  rows = training_rows(work)
+  evals = load_evals(work)
   io.save_png(output / 'loss.png', loss_figure(rows))
   io.save_png(output / 'strip.png', picture_strip(work, data, _STRIP_FRAME.value, _STRIP_SCALE.value))
+  io.write_text(output / 'metrics.json', json.dumps(record(evals), indent=1, sort_keys=True))
   parts = [f'# CPU study results (generated by scripts/cpu_study_report.py from {work})', '',
-           f'Training: {rows[-1]["step"]} steps logged.', '', '## Loss terms (mean over each tenth of training)',
-           '', loss_table(rows)]
-  for name, _, caption in EVALS:
-    by_window = {w: _load_eval(work, name, w) for w in WINDOWS}
-    first = by_window[WINDOWS[0]]
-    frames = first['mean'][evaluate.MODEL]['num_frames']
-    parts += ['', f'## {caption}: {len(first["videos"])} video(s), {frames} frames', '',
-              f'### Restoration (windows of T={WINDOWS[0]}): PSNR (dB) and SSIM against the clean frames', '',
-              restoration_table(first), '', f'### Fusion metrics (windows of T={WINDOWS[0]}; references: clean)',
-              '', fusion_table(first), '', '### Temporal consistency of the fused video (lower is steadier)', '',
-              temporal_table(by_window), '',
-              f'Restoration with windows of T=2: IR {by_window[2]["restoration"]["mean"]["PSNR_ir_restored"]:.2f} dB, '
-              f'VI {by_window[2]["restoration"]["mean"]["PSNR_vi_restored"]:.2f} dB (mean PSNR).']
+           f'Training: {rows[-1]["step"]} steps logged ({sum(r["stage"] == 1 for r in rows)} log points in '
+           f'stage 1, {sum(r["stage"] == 2 for r in rows)} in stage 2).', '',
+           '## Loss terms (mean over each fifth of a stage)', '', loss_table(rows)]
+  for video, caption in VIDEOS.items():
+    parts += ['', f'## {caption}']
+    for setting, setting_caption in SETTINGS.items():
+      summary = _get(evals, 'final', video, setting, 'w7')
+      if summary is None:
+        continue
+      frames = summary['mean'][evaluate.MODEL]['num_frames']
+      parts += ['', f'### Fusion, {setting_caption}, windows of 7, {frames} frames (references: clean)', '',
+                goal_table(summary, setting), '', f'### Temporal consistency, {setting_caption} (lower is steadier)',
+                '', temporal_table(evals, video, setting)]
+    parts += ['', '### Restoration (degraded setting, windows of 7): PSNR (dB) and SSIM against the clean frames',
+              '', restoration_table(evals, video)]
+    if any(_get(evals, m, video, s, 'w7') for m in ('stage1', 'untrained') for s in SETTINGS):
+      parts += ['', '### Controls (windows of 7)', '', controls_table(evals, video)]
   io.write_text(output / 'results.md', '\n'.join(parts) + '\n')
-  print(f'wrote {output}/loss.png, strip.png, results.md')
+  print(f'wrote {output}/loss.png, strip.png, metrics.json, results.md')
 
 
 if __name__ == '__main__':

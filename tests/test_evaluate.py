@@ -210,6 +210,18 @@ def test_baselines_are_quantised_like_the_network(dataset, tmp_path, setting, fu
   assert summary['mean']['pixel_max'] != summary['mean']['pixel_mean']
 
 
+def test_each_farneback_flow_is_computed_once(dataset, tmp_path, monkeypatch):
+  """With clean references, flowD_fb's guide flow FB(V_t, V_t-1) is the visible source stream's own flow."""
+  calls = []
+  flow = metrics.farneback_backward_flow
+  monkeypatch.setattr(metrics, 'farneback_backward_flow', lambda *args: calls.append(1) or flow(*args))
+  options = evaluate.EvalOptions(window=windows.WindowConfig(WINDOW), save_restored=False, plots=False,
+                                 baselines=False, videos=(VIDEOS[0],))
+  evaluate.evaluate(dataset[0], tmp_path / 'out', apply_fn=_fake_apply, options=options, progress=False)
+  streams = 3  # the two source streams and the fused video: 2 (T - 1) + 2 flows each
+  assert len(calls) == streams * 2 * NUM_FRAMES
+
+
 def test_normal_setting_with_degraded_references(dataset, tmp_path):
   options = evaluate.EvalOptions(setting='normal', references='degraded', window=windows.WindowConfig(WINDOW),
                                  save_restored=False, plots=False, baselines=False)
@@ -230,6 +242,9 @@ def test_normal_setting_with_degraded_references(dataset, tmp_path):
   ir_lq, vi_lq = np.stack(content['ir_lq']), np.stack(content['vi_lq'])
   assert summary['per_video']['VideoFusion'][0]['MS2R_fb'] == pytest.approx(metrics.ms2r_fb(video, ir_lq, vi_lq),
                                                                               abs=1e-9)
+  # flowD_fb's guide stays the clean visible video (its flow is computed, not a source stream's).
+  assert summary['per_video']['VideoFusion'][0]['flowD_fb'] == pytest.approx(
+      metrics.flowd_fb(video, np.stack(content['vi_gt'])), abs=1e-9)
   assert '**references: degraded**' in (tmp_path / 'out' / 'metrics.md').read_text()
 
 

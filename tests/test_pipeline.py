@@ -369,3 +369,25 @@ def test_synthetic_blur_of_a_crop_equals_the_blur_of_the_whole_frame():
     expected = blurred[start:start + NUM_FRAMES, top:top + crop, left:left + crop]
     np.testing.assert_allclose(batch['vi_lq'][0], expected, atol=2e-6)
   assert len(positions) > 1
+
+
+@pytest.mark.parametrize('degradation', ['synthetic', 'dataset'])
+def test_clean_fraction_gives_clean_inputs_to_that_share_of_clips(degradation):
+  clean_flags = []
+  for batch in (_dataset(degradation=degradation, clean_fraction=0.5, batch_size=8)[i] for i in range(8)):
+    for key in ('ir', 'vi'):
+      equal = [np.array_equal(lq, gt) for lq, gt in zip(batch[f'{key}_lq'], batch[f'{key}_gt'])]
+      clean_flags.append(equal)
+    assert clean_flags[-1] == clean_flags[-2]  # both modalities of a clip are clean, or neither
+  share = np.mean(clean_flags)
+  assert 0.3 < share < 0.7  # 64 clips with p = 0.5: outside this range with probability < 0.1 %
+  never = _dataset(degradation=degradation, clean_fraction=0.0)[0]
+  assert not any(np.array_equal(lq, gt) for lq, gt in zip(never['ir_lq'], never['ir_gt']))
+  always = _dataset(degradation=degradation, clean_fraction=1.0)[0]
+  _assert_batches_equal({'ir': always['ir_lq'], 'vi': always['vi_lq']},
+                        {'ir': always['ir_gt'], 'vi': always['vi_gt']})
+
+
+def test_clean_fraction_out_of_range_is_an_error():
+  with pytest.raises(ValueError, match='clean_fraction'):
+    pipeline.ClipSampler(NUM_FRAMES, CROP, clean_fraction=1.5)

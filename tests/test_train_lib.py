@@ -275,6 +275,13 @@ def test_sigterm_saves_the_step_reached_and_exits_cleanly(training_runs):
   assert f'saved step {reached}, exiting' in run.log()
   assert 'Traceback' not in run.log()
 
+  # Resumed with stop_after_step: one more step, a checkpoint there, a clean exit, long before total_steps.
+  run.start(['train.py', *run.args, f'--config.stop_after_step={reached + 1}'])
+  assert run.wait() == 0, run.failure('the stop_after_step run failed')
+  assert run.checkpoint_steps() == [reached, reached + 1]
+  assert run.last_step() == reached + 1
+  assert 'Traceback' not in run.log()
+
 
 def test_resume_after_sigkill_is_bitwise(training_runs, straight_run, tmp_path):
   run = training_runs.resumed

@@ -390,8 +390,13 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
         io.save_png(folder / name, restored[k])
       if mp4 is not None:
         mp4.write(fused[MODEL])
+      vfbench.push(frame, fused)  # fills the rows of frame t - 1
       guide = metrics.rgb_to_gray(frame[VI_GT])
-      flow = metrics.farneback_backward_flow(guide, prev[0]) if prev is not None else None
+      flow = None
+      if prev is not None:  # FB(guide_t, guide_t-1), from the visible source's stream when that is the guide
+        flow = vfbench.backward_flow(VI_GT)
+        if flow is None:
+          flow = metrics.farneback_backward_flow(guide, prev[0])
       for method, f8 in fused.items():
         row = {'method': method, 'video': video.name, 'frame': t, 'frame_name': name}
         row.update(metrics.fusion_metrics(f8, frame[ref_ir_key], frame[ref_vi_key]))
@@ -400,7 +405,6 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
         row['tdiff'] = metrics.tdiff_term(f8, prev[1][method]) if prev is not None else None
         row.update(dict.fromkeys((BISWE_FB, MS2R_FB, BISWE_FB_VALID)))  # Filled in once frame t + 1 is known.
         rows[method].append(row)
-      vfbench.push(frame, fused)
       if restoration:
         row = {'video': video.name, 'frame': t, 'frame_name': name}
         row.update(restoration_metrics(restored, {'ir': frame[ir_key], 'vi': frame[vi_key]},
@@ -461,6 +465,12 @@ class _VfbenchFb:
       self._measure(source_flows, fused_flows, fused)
     self.frames.append(fused)
     self.count += 1
+
+  def backward_flow(self, source_key: str) -> Optional[np.ndarray]:
+    """FB(S_t, S_{t-1}) of source ``source_key`` from the last push, or None if it is not a source here."""
+    if source_key not in self.source_keys:
+      return None
+    return self.sources[list(self.source_keys).index(source_key)].last_backward
 
   def finish(self) -> None:
     if self.count > 1:

@@ -833,6 +833,9 @@ class TripletFlowStream:
     self._last = None  # MATLAB grey of the last frame pushed.
     self._to_prev = None  # FB(V_c, V_p) of the next centre to report.
     self._from_prev = None  # FB(V_p, V_c) of the next centre to report.
+    # FB(V_t, V_{t-1}) of the last frame pushed (None after the first): flowD_fb's guide flow when the guide
+    # is this stream, so a caller need not compute it again.
+    self.last_backward = None
 
   def push(self, frame):
     """Adds frame t (uint8 ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``).
@@ -849,6 +852,7 @@ class TripletFlowStream:
     backward = farneback_backward_flow(grey, self._last)
     flows = TripletFlows(self._to_prev, self._from_prev, forward, backward)
     self._to_prev, self._from_prev, self._last = backward, forward, grey
+    self.last_backward = backward
     return flows
 
   def finish(self):

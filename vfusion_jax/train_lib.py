@@ -139,7 +139,7 @@ def make_train_iterator(config: ml_collections.ConfigDict):
       crop_size=config.crop_size, seed=config.seed, degradation=data.get('degradation', 'synthetic'),
       degradation_config=degradation_config, flips=data.get('flips', False), rot90=data.get('rot90', False),
       temporal_reverse=data.get('temporal_reverse', False), clips_per_chunk=clips_per_chunk,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      clean_fraction=data.get('clean_fraction', 0.0), process_index=jax.process_index(), process_count=jax.process_count())
   return pipeline.make_iterator(dataset, num_workers=data.get('num_workers', 0),
                                 batches_per_element=clips_per_chunk)
 
@@ -368,8 +368,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike,
 
   compiled_step = None
   step = start_step
+  # stop_after_step ends this invocation early (with a checkpoint) without changing the schedules, which run to
+  # total_steps: a run spent in pieces, or the first stage of a two-stage recipe (docs/cpu_study.md).
+  end_step = min(config.total_steps, config.get('stop_after_step') or config.total_steps)
   with preemption.StopSignal(manager) as stop:
-    while step < config.total_steps:
+    while step < end_step:
       host_batch = next(iterator)
       if hooks.before_step:
         hooks.before_step(step + 1, host_batch, writer)
@@ -383,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike,
       state, metrics = compiled_step(state, batch)
       step += 1
       averages.add(step, metrics)
-      last_step = step == config.total_steps
+      last_step = step == end_step
       stopping = stop.should_stop(step)
       if step % config.log_every_steps == 0 or last_step:
         check_finite(step)

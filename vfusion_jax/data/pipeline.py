@@ -101,6 +101,9 @@ class ClipSampler(grain.transforms.RandomMap):
     degradation_margin: the synthetic degradation is applied to the crop plus this many pixels on every side
       (within the frame), then cut to the crop, so the blur at the crop's border sees real neighbours, as
       when the whole frame is degraded, and not reflected crop content. The default is the blur's radius.
+    clean_fraction: probability in [0, 1] that a clip's inputs are its clean frames (``ir_lq = ir_gt``,
+      ``vi_lq = vi_gt``), the normal setting, so the network also learns to leave clean footage intact. 0 (the
+      release) degrades every clip and draws nothing for it, so the random stream is the release's.
   """
 
   num_frames: int
@@ -112,6 +115,7 @@ class ClipSampler(grain.transforms.RandomMap):
   temporal_reverse: bool = False
   clips_per_chunk: int = 1
   degradation_margin: int = degrade.KERNEL_SIZE // 2
+  clean_fraction: float = 0.0
 
   def __post_init__(self):
     if self.degradation not in DEGRADATION_MODES:
@@ -121,6 +125,8 @@ class ClipSampler(grain.transforms.RandomMap):
     if self.crop_size < 0 or self.degradation_margin < 0:
       raise ValueError(f'crop_size and degradation_margin must be >= 0, got {self.crop_size}, '
                        f'{self.degradation_margin}')
+    if not 0.0 <= self.clean_fraction <= 1.0:
+      raise ValueError(f'clean_fraction must be in [0, 1], got {self.clean_fraction}')
 
   def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict:
     frames, height, width = np.asarray(element['vi_gt']).shape[:3]
@@ -157,12 +163,15 @@ class ClipSampler(grain.transforms.RandomMap):
     start = int(rng.integers(0, last_start + 1))
     top = int(rng.integers(0, frame_size[0] - crop_size[0] + 1))
     left = int(rng.integers(0, frame_size[1] - crop_size[1] + 1))
-    margin = self.degradation_margin if self.degradation == 'synthetic' else 0
+    clean = self.clean_fraction > 0 and rng.random() < self.clean_fraction
+    margin = self.degradation_margin if self.degradation == 'synthetic' and not clean else 0
     rows = _with_margin(top, crop_size[0], margin, frame_size[0])
     cols = _with_margin(left, crop_size[1], margin, frame_size[1])
     window = streams.window(start, self.num_frames)
     clip = {key: value[:, rows, cols].astype(np.float32) / UINT8_MAX for key, value in window.items()}
-    if self.degradation == 'synthetic':
+    if clean:
+      clip['ir_lq'], clip['vi_lq'] = clip['ir_gt'].copy(), clip['vi_gt'].copy()
+    elif self.degradation == 'synthetic':
       clip['ir_lq'], clip['vi_lq'] = degrade.degrade_clip(clip['ir_gt'], clip['vi_gt'], rng,
                                                           self.degradation_config)
       inner = (slice(top - rows.start, top - rows.start + crop_size[0]),
@@ -214,7 +223,8 @@ def train_dataset(source: Any, *, batch_size: int, num_frames: int, crop_size: i
                   degradation: str = 'synthetic',
                   degradation_config: degrade.DegradationConfig | None = None,
                   flips: bool = False, rot90: bool = False, temporal_reverse: bool = False,
-                  clips_per_chunk: int = 1, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+                  clips_per_chunk: int = 1, clean_fraction: float = 0.0, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
   """Endless, shuffled, deterministic MapDataset of training batches for this process.
 
   ``batch_size`` is the global batch; this process gets ``batch_size // process_count`` clips per batch,
@@ -232,7 +242,7 @@ def train_dataset(source: Any, *, batch_size: int, num_frames: int, crop_size: i
   if len(source) == 0:
     raise ValueError('the training source has no examples')
   sampler = ClipSampler(num_frames, crop_size, degradation, degradation_config or degrade.DegradationConfig(),
-                        flips, rot90, temporal_reverse, clips_per_chunk)
+                        flips, rot90, temporal_reverse, clips_per_chunk, clean_fraction=clean_fraction)
   ds = grain.MapDataset.source(ClipSource(source)).seed(seed).shuffle().repeat(None)
   ds = ds.random_map(sampler)
   if process_count > 1:

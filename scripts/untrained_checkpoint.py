@@ -1,0 +1,44 @@
+r"""The untrained-network control of docs/cpu_study.md: the initial parameters of a training config, saved as an
+inference checkpoint (the format of ``python -m vfusion_jax.export``).
+
+  python scripts/untrained_checkpoint.py --config=configs/m3svd.py:cpu_study --output=/tmp/untrained
+
+The parameters are those a training run of the config starts from (``train_lib.train_and_evaluate``: the first
+of two keys split from ``config.seed``), so the control differs from a trained checkpoint only by training.
+"""
+
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from vfusion_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vfusion_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vfusion_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'training config (its model and seed)')
+_OUTPUT = flags.DEFINE_string('output', None, 'inference checkpoint directory to create', required=True)
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'replace an existing output directory')
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  model = train_lib.create_model(config)
+  init_rng = jax.random.split(jax.random.key(config.seed))[0]
+  params = jax.jit(lambda rng: train_lib.init_state(model, optim.make_optimizer(config), rng, config).params)(
+      init_rng)
+  checkpoint.save_inference_checkpoint(_OUTPUT.value, jax.device_get(params), config.model,
+                                       overwrite=_OVERWRITE.value,
+                                       metadata={'untrained': True, 'seed': config.seed})
+  print(f'wrote {_OUTPUT.value} (initial parameters of seed {config.seed})')
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main)
