@@ -30,6 +30,7 @@ HELD_OUT_MP4=1230_1202
 CONFIG=configs/m3svd.py:cpu_study
 STAGE1_TOTAL=6000
 STAGE1_STOP=2250
+STAGE2_END=3500
 
 for folder in m3svd_sample m3svd_videos; do
   if [ ! -d "$DATA/$folder" ]; then
@@ -53,12 +54,24 @@ echo "== training, stage 1: degraded clips only, stops at step $STAGE1_STOP of a
 train "$WORK/stage1" --config.total_steps="$STAGE1_TOTAL" --config.stop_after_step="$STAGE1_STOP" \
   --config.data.clean_fraction=0
 
+require_checkpoint() {  # workdir step: a stage stopped early (SIGTERM, preemption) exits 0 with a checkpoint
+  if [ ! -d "$1/checkpoints/$2" ]; then
+    echo "error: $1 has no checkpoint of step $2 (interrupted?); run the script again to resume" >&2
+    exit 1
+  fi
+}
+require_checkpoint "$WORK/stage1" "$STAGE1_STOP"
+
 echo "== training, stage 2: from step $STAGE1_STOP, 25 % clean clips (configs/m3svd.py:cpu_study)"
-if [ ! -d "$WORK/train/checkpoints" ]; then
-  mkdir -p "$WORK/train/checkpoints"
-  cp -r "$WORK/stage1/checkpoints/$STAGE1_STOP" "$WORK/train/checkpoints/"
+if [ ! -d "$WORK/train/checkpoints" ]; then  # the stage-1 checkpoint, copied whole before it is published
+  mkdir -p "$WORK/train"
+  rm -rf "$WORK/train/checkpoints.partial"
+  mkdir "$WORK/train/checkpoints.partial"
+  cp -r "$WORK/stage1/checkpoints/$STAGE1_STOP" "$WORK/train/checkpoints.partial/"
+  mv "$WORK/train/checkpoints.partial" "$WORK/train/checkpoints"
 fi
-train "$WORK/train"
+train "$WORK/train" --config.total_steps="$STAGE2_END"
+require_checkpoint "$WORK/train" "$STAGE2_END"
 
 echo "== export: the study model, the stage-1 model (no clean clips) and the untrained control"
 "$PYTHON" -m vfusion_jax.export --workdir="$WORK/train" --output="$WORK/ckpt" --overwrite
