@@ -3,8 +3,8 @@ inference checkpoint (the format of ``python -m vfusion_jax.export``).
 
   python scripts/untrained_checkpoint.py --config=configs/m3svd.py:cpu_study --output=/tmp/untrained
 
-The parameters are those a training run of the config starts from (``train_lib.train_and_evaluate``: the first
-of two keys split from ``config.seed``), so the control differs from a trained checkpoint only by training.
+The parameters are those a training run of the config starts from (``train_lib.initial_params_key``, as
+``train_and_evaluate`` uses it), so the control differs from a trained checkpoint only by training.
 """
 
 import pathlib
@@ -30,9 +30,8 @@ def main(argv):
   del argv
   config = _CONFIG.value
   model = train_lib.create_model(config)
-  init_rng = jax.random.split(jax.random.key(config.seed))[0]
   params = jax.jit(lambda rng: train_lib.init_state(model, optim.make_optimizer(config), rng, config).params)(
-      init_rng)
+      train_lib.initial_params_key(config))
   checkpoint.save_inference_checkpoint(_OUTPUT.value, jax.device_get(params), config.model,
                                        overwrite=_OVERWRITE.value,
                                        metadata={'untrained': True, 'seed': config.seed})

@@ -43,6 +43,12 @@ def create_model(config: ml_collections.ConfigDict) -> VideoFusion:
   return VideoFusion(**config.model, remat=bool(config.get('remat', False)))
 
 
+def initial_params_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The key of a training run's initial params: the first of two split from ``config.seed``, so the same seed
+  gives the same initial params as the runs documented in docs/ (and the untrained control of the CPU study)."""
+  return jax.random.split(jax.random.key(config.seed))[0]
+
+
 def init_state(model: VideoFusion, tx: optax.GradientTransformation, rng: jax.Array,
                config: ml_collections.ConfigDict, boxed: bool = False) -> TrainState:
   """Fresh params (PyTorch's default init) and optimiser state. Pure, so it can be jitted with shardings.
@@ -139,7 +145,8 @@ def make_train_iterator(config: ml_collections.ConfigDict):
       crop_size=config.crop_size, seed=config.seed, degradation=data.get('degradation', 'synthetic'),
       degradation_config=degradation_config, flips=data.get('flips', False), rot90=data.get('rot90', False),
       temporal_reverse=data.get('temporal_reverse', False), clips_per_chunk=clips_per_chunk,
-      clean_fraction=data.get('clean_fraction', 0.0), process_index=jax.process_index(), process_count=jax.process_count())
+      clean_fraction=data.get('clean_fraction', 0.0), process_index=jax.process_index(),
+      process_count=jax.process_count())
   return pipeline.make_iterator(dataset, num_workers=data.get('num_workers', 0),
                                 batches_per_element=clips_per_chunk)
 
@@ -326,8 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: io.PathLike,
   mesh = sharding.make_mesh(config.mesh)
   setup = ShardedTrainStep(config, mesh)
   repl = setup.replicated
-  # The first of two keys: the same seed gives the same initial params as the runs documented in docs/.
-  init_rng = jax.random.split(jax.random.key(config.seed))[0]
+  init_rng = initial_params_key(config)
 
   manager = checkpoint.training_manager(workdir, max_to_keep=config.get('keep_checkpoints', 3))
   latest = manager.latest_step()
