@@ -7,13 +7,15 @@
 # Needs ../shared/data (m3svd_sample, m3svd_videos). Every stage resumes: the records are built once, training
 # continues from its last checkpoint, and a finished evaluation is kept. Environment: PYTHON (default python),
 # DATA (default ../shared/data), MAX_FRAMES (frames of the held-out mp4, default 28 = 4 windows of 7), OUTPUT
-# (report folder, default docs/cpu_study). About 100 minutes of training and 40 of evaluation on an idle 2-core
-# CPU.
+# (report folder, default docs/cpu_study), EXTRA_SEEDS (seeds trained beside the study model's, the config's
+# 3047; default "2 3", empty for none). About 2 h 30 min of training and 1 h 50 min of evaluation on an idle
+# 2-core CPU, and 2 h + 40 min more per extra seed.
 #
-# Training (configs/m3svd.py:cpu_study): stage 1 trains on degraded clips only, on a cosine schedule of 6,000
-# steps, and stops at step 2,250 (config.stop_after_step); stage 2 starts from that checkpoint (parameters,
-# Adam state, input position) with 25 % clean clips (data.clean_fraction) and a fresh cosine schedule ending at
-# step 3,500.
+# Training (configs/m3svd.py:cpu_study): stage 1 trains on degraded clips of T = 4 only, on a cosine schedule of
+# 6,000 steps, and stops at step 2,250 (config.stop_after_step); stage 2 starts from that checkpoint (parameters,
+# Adam state, input position) on clips of T = 7, the official inference window, with 25 % clean clips
+# (data.clean_fraction) and a fresh cosine schedule ending at step 3,500. The clip-length arm (WORK/t4) runs
+# stage 2 again on clips of T = 4.
 #
 # Held out, never trained on: 0111_1716 (frame folders with the release's own degraded frames) and 1230_1202
 # (mp4, synthetic degradation). The mp4 0111_1716 is the same recording as its frame folder and is not used.
@@ -25,11 +27,13 @@ PYTHON=${PYTHON:-python}
 DATA=${DATA:-../shared/data}
 MAX_FRAMES=${MAX_FRAMES:-28}
 OUTPUT=${OUTPUT:-docs/cpu_study}
+EXTRA_SEEDS=${EXTRA_SEEDS-2 3}
 HELD_OUT_FRAMES=0111_1716
 HELD_OUT_MP4=1230_1202
 CONFIG=configs/m3svd.py:cpu_study
 STAGE1_TOTAL=6000
 STAGE1_STOP=2250
+STAGE1_FRAMES=4
 STAGE2_END=3500
 
 for folder in m3svd_sample m3svd_videos; do
@@ -50,31 +54,50 @@ train() {  # workdir [flags]
   "$PYTHON" train.py --config="$CONFIG" --config.data.data_dir="$WORK/tfds" --workdir="$workdir" "$@"
 }
 
-echo "== training, stage 1: degraded clips only, stops at step $STAGE1_STOP of a $STAGE1_TOTAL-step schedule"
-train "$WORK/stage1" --config.total_steps="$STAGE1_TOTAL" --config.stop_after_step="$STAGE1_STOP" \
-  --config.data.clean_fraction=0
-
 require_checkpoint() {  # workdir step: a stage stopped early (SIGTERM, preemption) exits 0 with a checkpoint
   if [ ! -d "$1/checkpoints/$2" ]; then
     echo "error: $1 has no checkpoint of step $2 (interrupted?); run the script again to resume" >&2
     exit 1
   fi
 }
-require_checkpoint "$WORK/stage1" "$STAGE1_STOP"
 
-echo "== training, stage 2: from step $STAGE1_STOP, 25 % clean clips (configs/m3svd.py:cpu_study)"
-if [ ! -d "$WORK/train/checkpoints" ]; then  # the stage-1 checkpoint, copied whole before it is published
-  mkdir -p "$WORK/train"
-  rm -rf "$WORK/train/checkpoints.partial"
-  mkdir "$WORK/train/checkpoints.partial"
-  cp -r "$WORK/stage1/checkpoints/$STAGE1_STOP" "$WORK/train/checkpoints.partial/"
-  mv "$WORK/train/checkpoints.partial" "$WORK/train/checkpoints"
-fi
-train "$WORK/train" --config.total_steps="$STAGE2_END"
-require_checkpoint "$WORK/train" "$STAGE2_END"
+stage1() {  # root [flags]: degraded clips of T = $STAGE1_FRAMES only, in root/stage1
+  local root=$1
+  shift
+  echo "== training $root, stage 1: degraded clips of $STAGE1_FRAMES frames only, stops at step $STAGE1_STOP of a" \
+    "$STAGE1_TOTAL-step schedule"
+  train "$root/stage1" --config.total_steps="$STAGE1_TOTAL" --config.stop_after_step="$STAGE1_STOP" \
+    --config.data.clean_fraction=0 --config.num_frames="$STAGE1_FRAMES" "$@"
+  require_checkpoint "$root/stage1" "$STAGE1_STOP"
+}
 
-echo "== export: the study model, the stage-1 model (no clean clips) and the untrained control"
+stage2() {  # root workdir [flags]: from root's stage-1 checkpoint, 25 % clean clips, in workdir
+  local root=$1 workdir=$2
+  shift 2
+  echo "== training $workdir, stage 2: from step $STAGE1_STOP of $root/stage1, 25 % clean clips $*"
+  if [ ! -d "$workdir/checkpoints" ]; then  # the stage-1 checkpoint, copied whole before it is published
+    mkdir -p "$workdir"
+    rm -rf "$workdir/checkpoints.partial"
+    mkdir "$workdir/checkpoints.partial"
+    cp -r "$root/stage1/checkpoints/$STAGE1_STOP" "$workdir/checkpoints.partial/"
+    mv "$workdir/checkpoints.partial" "$workdir/checkpoints"
+  fi
+  train "$workdir" --config.total_steps="$STAGE2_END" "$@"
+  require_checkpoint "$workdir" "$STAGE2_END"
+}
+
+train_recipe() {  # root [flags]: the recipe's two stages, in root/stage1 and root/train
+  stage1 "$@"
+  stage2 "$1" "$1/train" "${@:2}"
+}
+
+train_recipe "$WORK"
+# The clip-length arm: stage 2 on clips of T = $STAGE1_FRAMES (as stage 1) instead of the config's 7.
+stage2 "$WORK" "$WORK/t4" --config.num_frames="$STAGE1_FRAMES"
+
+echo "== export: the study model, the T = $STAGE1_FRAMES arm, the stage-1 model and the untrained control"
 "$PYTHON" -m vfusion_jax.export --workdir="$WORK/train" --output="$WORK/ckpt" --overwrite
+"$PYTHON" -m vfusion_jax.export --workdir="$WORK/t4" --output="$WORK/ckpt_t4" --overwrite
 "$PYTHON" -m vfusion_jax.export --workdir="$WORK/stage1" --step="$STAGE1_STOP" --output="$WORK/ckpt_stage1" \
   --overwrite
 "$PYTHON" scripts/untrained_checkpoint.py --config="$CONFIG" --output="$WORK/ckpt_untrained" --overwrite
@@ -107,6 +130,30 @@ for setting in degraded normal; do
     --nobaselines
   evaluate "untrained_frames_${setting}_w7" "$WORK/ckpt_untrained" "${FRAMES[0]}" "$setting" 7 0 \
     "${FRAMES[@]:1}" --nobaselines
+  for windows in 7 4 2; do
+    evaluate "t4_frames_${setting}_w$windows" "$WORK/ckpt_t4" "${FRAMES[0]}" "$setting" "$windows" 0 \
+      "${FRAMES[@]:1}" --nobaselines
+  done
+  evaluate "t4_mp4_${setting}_w7" "$WORK/ckpt_t4" "${MP4[0]}" "$setting" 7 0 "${MP4[@]:1}" --nobaselines
+  evaluate "t4_mp4_${setting}_w2" "$WORK/ckpt_t4" "${MP4[0]}" "$setting" 2 0 "${MP4[@]:1}" --nobaselines
+done
+
+# Seeds: the same recipe with other values of config.seed (initial parameters, clip sampling, degradation
+# draws), each in WORK/seed<N>, exported to WORK/ckpt_seed<N> and evaluated on both videos and settings with the
+# official windows and with frame pairs (the goals' measurements): their spread is the report's seed table.
+for seed in $EXTRA_SEEDS; do
+  train_recipe "$WORK/seed$seed" --config.seed="$seed"
+  "$PYTHON" -m vfusion_jax.export --workdir="$WORK/seed$seed/train" --output="$WORK/ckpt_seed$seed" --overwrite
+  for setting in degraded normal; do
+    evaluate "seed${seed}_frames_${setting}_w7" "$WORK/ckpt_seed$seed" "${FRAMES[0]}" "$setting" 7 0 \
+      "${FRAMES[@]:1}" --nobaselines
+    evaluate "seed${seed}_frames_${setting}_w2" "$WORK/ckpt_seed$seed" "${FRAMES[0]}" "$setting" 2 0 \
+      "${FRAMES[@]:1}" --nobaselines
+    evaluate "seed${seed}_mp4_${setting}_w7" "$WORK/ckpt_seed$seed" "${MP4[0]}" "$setting" 7 0 "${MP4[@]:1}" \
+      --nobaselines
+    evaluate "seed${seed}_mp4_${setting}_w2" "$WORK/ckpt_seed$seed" "${MP4[0]}" "$setting" 2 0 "${MP4[@]:1}" \
+      --nobaselines
+  done
 done
 
 echo "== report"

@@ -9,6 +9,7 @@ over both training stages), ``strip.png`` (held-out frames: inputs and fused fra
 tables quoted by docs/cpu_study.md). Every number in them is read from those files.
 """
 
+import csv
 import json
 import pathlib
 import sys
@@ -22,6 +23,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from vfusion_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vfusion_jax import io  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vfusion_jax import logging_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vfusion_jax import windows  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vfusion_jax.configs import m3svd  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _WORK = flags.DEFINE_string('work', None, 'the study folder of scripts/cpu_study.sh', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'where loss.png, strip.png, metrics.json, results.md go',
@@ -34,14 +37,16 @@ VIDEOS = {'frames': 'held-out 0111_1716 (frame folders; degraded setting: the re
           'mp4': 'held-out 1230_1202 (mp4, first frames; degraded setting: synthetic degradation, seed 0)'}
 SETTINGS = {'degraded': 'degraded setting (degraded inputs)', 'normal': 'normal setting (clean inputs)'}
 WINDOWS = {'w7': 'windows of 7 (official, no overlap)', 'w7o3': 'windows of 7 overlapping by 3, blend',
-           'w2': 'frame pairs (T = 2)'}
-MODELS = {'final': 'study model (weights/m3svd_tiny)', 'stage1': 'stage 1 only (no clean clips)',
-          'untrained': 'untrained (initial parameters)'}
+           'w4': 'windows of 4', 'w2': 'frame pairs (T = 2)'}
+MODELS = {'final': 'study model (weights/m3svd_tiny)', 't4': 'stage 2 on clips of T = 4 (previous recipe)',
+          'stage1': 'stage 1 only (T = 4, no clean clips)', 'untrained': 'untrained (initial parameters)'}
+CLIP_MODELS = {'t4': 'trained on T = 4', 'final': 'trained on T = 7'}
 GOAL_KEYS = {'degraded': ('MI', 'VIF', 'SSIM', 'Qabf'), 'normal': ('VIF', 'SSIM', 'Qabf')}
 FUSION_KEYS = ('EN', 'MI', 'SF', 'SD', 'VIF', 'SSIM', 'Qabf')
 TEMPORAL_KEYS = ('flowD_fb', 'tdiff', 'BiSWE_fb', 'MS2R_fb')
 LOSS_KEYS = ('l_total', 'ir_loss_fid', 'vi_loss_fid', 'loss_fusion', 'l_cons_total')
 STAGES = ('stage1', 'train')
+STUDY_SEED = m3svd.get_config('cpu_study').seed  # the study model's seed
 
 
 def _load_log(path: pathlib.Path) -> list:
@@ -97,8 +102,8 @@ def load_evals(work: pathlib.Path) -> dict:
   return evals
 
 
-def _get(evals: dict, model: str, video: str, setting: str, windows: str):
-  return evals.get(f'{model}_{video}_{setting}_{windows}')
+def _get(evals: dict, model: str, video: str, setting: str, cut: str):
+  return evals.get(f'{model}_{video}_{setting}_{cut}')
 
 
 def goal_table(summary: dict, setting: str) -> str:
@@ -155,8 +160,8 @@ def controls_table(evals: dict, video: str) -> str:
 
 def temporal_table(evals: dict, video: str, setting: str) -> str:
   lines = ['| fused by | ' + ' | '.join(TEMPORAL_KEYS) + ' |', '|---|' + '---:|' * len(TEMPORAL_KEYS)]
-  for windows, label in WINDOWS.items():
-    summary = _get(evals, 'final', video, setting, windows)
+  for cut, label in WINDOWS.items():
+    summary = _get(evals, 'final', video, setting, cut)
     if summary is not None:
       mean = summary['mean'][evaluate.MODEL]
       lines.append(f'| VideoFusion, {label} | ' + ' | '.join(f'{mean[k]:.4f}' for k in TEMPORAL_KEYS) + ' |')
@@ -165,6 +170,96 @@ def temporal_table(evals: dict, video: str, setting: str) -> str:
     for method, mean in reference['mean'].items():
       if method != evaluate.MODEL:
         lines.append(f'| {method} (stretched) | ' + ' | '.join(f'{mean[k]:.4f}' for k in TEMPORAL_KEYS) + ' |')
+  return '\n'.join(lines)
+
+
+def window_position_intensity(work: pathlib.Path, name: str, window: int) -> np.ndarray | None:
+  """Mean fused intensity (grey levels) at each position 0..window-1 of the fusion windows, over all frames and
+  videos. A frame shared by two windows (a video's last window ends on its last frame) counts where the official
+  rule takes it from: the later window."""
+  path = work / 'eval' / name / 'metrics_per_frame.csv'
+  if not path.exists():
+    return None
+  with path.open() as f:
+    rows = [r for r in csv.DictReader(f) if r['method'] == evaluate.MODEL]
+  by_position = [[] for _ in range(window)]
+  for video in sorted({r['video'] for r in rows}):
+    intensity = {int(r['frame']): float(r['intensity']) for r in rows if r['video'] == video}
+    for span in windows.temporal_windows(len(intensity), window, rule='official'):
+      for offset, weight in enumerate(span.weights):
+        if weight:
+          by_position[offset].append(intensity[span.start + offset])
+  return np.array([np.mean(v) for v in by_position])
+
+
+def clip_length_table(work: pathlib.Path, evals: dict, video: str, setting: str) -> str:
+  """Temporal metrics of the T = 4 and T = 7 models under several window lengths, and the fused brightness at each
+  position of a window of 7: a model fusing windows longer than its training clips sees positions it never saw."""
+  keys = ('flowD_fb', 'tdiff', 'BiSWE_fb')
+  lines = ['| model | fused by | ' + ' | '.join(keys) + ' | mean intensity at window positions 0-6 (w7) |',
+           '|---|---|' + '---:|' * len(keys) + '---|']
+  for model, label in CLIP_MODELS.items():
+    for cut in ('w7', 'w4', 'w2'):
+      summary = _get(evals, model, video, setting, cut)
+      if summary is None:
+        continue
+      mean = summary['mean'][evaluate.MODEL]
+      profile = window_position_intensity(work, f'{model}_{video}_{setting}_{cut}', 7) if cut == 'w7' \
+          else None
+      cells = [f'{mean[k]:.4f}' for k in keys]
+      cells.append('' if profile is None else ' '.join(f'{v:.1f}' for v in profile) +
+                   f' (swing {profile.max() - profile.min():.1f})')
+      lines.append(f'| {label} | {WINDOWS[cut]} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def seed_models(evals: dict) -> list:
+  """(model name, seed) of every trained run of the recipe: the study model (config seed) and ``seed<N>`` runs."""
+  extra = sorted({int(name.split('_')[0][4:]) for name in evals if name.startswith('seed')})
+  return [('final', STUDY_SEED)] + [(f'seed{seed}', seed) for seed in extra]
+
+
+def _seed_row(evals: dict, model: str, video: str, setting: str) -> list:
+  """The goal measurements of one run: fusion metrics (w7), restored PSNRs (degraded) and flowD_fb (w7, w2)."""
+  w7, w2 = _get(evals, model, video, setting, 'w7'), _get(evals, model, video, setting, 'w2')
+  if w7 is None:
+    return []
+  row = [w7['mean'][evaluate.MODEL][k] for k in GOAL_KEYS[setting]]
+  if setting == 'degraded':
+    row += [w7['restoration']['mean'][f'PSNR_{m}_restored'] for m in ('ir', 'vi')]
+  row += [w7['mean'][evaluate.MODEL]['flowD_fb'], None if w2 is None else w2['mean'][evaluate.MODEL]['flowD_fb']]
+  return row
+
+
+def seed_table(evals: dict, video: str, setting: str) -> str:
+  """Every seed's goal measurements, their mean and sample standard deviation, and how many seeds meet each goal."""
+  keys = list(GOAL_KEYS[setting]) + (['PSNR IR', 'PSNR VI'] if setting == 'degraded' else [])
+  keys += ['flowD_fb w7', 'flowD_fb w2']
+  lines = ['| run | ' + ' | '.join(keys) + ' |', '|---|' + '---:|' * len(keys)]
+  rows = {}
+  for model, seed in seed_models(evals):
+    row = _seed_row(evals, model, video, setting)
+    if row:
+      rows[seed] = row
+      lines.append(f'| seed {seed} | ' + ' | '.join(_number(v, 4) for v in row) + ' |')
+  reference = _get(evals, 'final', video, setting, 'w7')
+  if len(rows) < 2 or reference is None:
+    return '\n'.join(lines)
+  columns = [[row[i] for row in rows.values() if row[i] is not None] for i in range(len(keys))]
+  lines.append(f'| mean ± sd ({len(rows)} seeds) | ' + ' | '.join(
+      f'{np.mean(c):.4f} ± {np.std(c, ddof=1):.4f}' if len(c) > 1 else _number(c[0] if c else None, 4)
+      for c in columns) + ' |')
+  pixel_max = reference['mean'][evaluate.PIXEL_MAX]
+  restoration = reference['restoration']['mean']
+  bars = [pixel_max[k] for k in GOAL_KEYS[setting]]
+  if setting == 'degraded':
+    bars += [restoration[f'PSNR_{m}_input'] for m in ('ir', 'vi')]
+  lines.append('| goal bar: stretched pixel max' + (' / input PSNR' if setting == 'degraded' else '') + ' | '
+               + ' | '.join(f'{b:.4f}' for b in bars) + ' | | |')
+  met = [f'{sum(v > bar for v in c)}/{len(c)}' for c, bar in zip(columns, bars)]
+  pairs = [(row[-2], row[-1]) for row in rows.values() if row[-1] is not None]
+  met.append(f'{sum(w7 <= w2 for w7, w2 in pairs)}/{len(pairs)} (w7 ≤ w2)')
+  lines.append('| seeds meeting the goal | ' + ' | '.join(met) + ' | |')
   return '\n'.join(lines)
 
 
@@ -184,13 +279,6 @@ def _pil_open(path):
   return Image.open(path).convert('RGB')
 
 
-def _rgb(frame: np.ndarray) -> np.ndarray:
-  frame = np.asarray(frame)
-  if frame.ndim == 2:
-    frame = frame[..., None]
-  return np.repeat(frame, 3, axis=-1) if frame.shape[-1] == 1 else frame
-
-
 def picture_strip(work: pathlib.Path, data: pathlib.Path, frame: int, scale: int) -> np.ndarray:
   """Held-out 0111_1716, one row per setting: IR input | visible input | fused (study model) | fused (untrained)."""
   rows = []
@@ -205,7 +293,7 @@ def picture_strip(work: pathlib.Path, data: pathlib.Path, frame: int, scale: int
       panels = [frames[inputs[0]], frames[inputs[1]], np.asarray(_pil_open(final / 'fusion' / video.name / name))]
       if (untrained / 'fusion' / video.name / name).is_file():
         panels.append(np.asarray(_pil_open(untrained / 'fusion' / video.name / name)))
-      rows.append([_rgb(p)[::scale, ::scale] for p in panels])
+      rows.append([evaluate.as_rgb(p)[::scale, ::scale] for p in panels])
   return logging_utils.image_strip(rows)
 
 
@@ -234,8 +322,17 @@ def main(argv):
                 '', temporal_table(evals, video, setting)]
     parts += ['', '### Restoration (degraded setting, windows of 7): PSNR (dB) and SSIM against the clean frames',
               '', restoration_table(evals, video)]
+    if any(_get(evals, 't4', video, s, 'w7') for s in SETTINGS):
+      for setting, setting_caption in SETTINGS.items():
+        parts += ['', f'### Clip length and windows, {setting_caption}', '',
+                  clip_length_table(work, evals, video, setting)]
     if any(_get(evals, m, video, s, 'w7') for m in ('stage1', 'untrained') for s in SETTINGS):
       parts += ['', '### Controls (windows of 7)', '', controls_table(evals, video)]
+  if len(seed_models(evals)) > 1:
+    parts += ['', '## Seeds: the same recipe, other values of config.seed (windows of 7 unless named)']
+    for video, caption in VIDEOS.items():
+      for setting, setting_caption in SETTINGS.items():
+        parts += ['', f'### {caption}, {setting_caption}', '', seed_table(evals, video, setting)]
   io.write_text(output / 'results.md', '\n'.join(parts) + '\n')
   print(f'wrote {output}/loss.png, strip.png, metrics.json, results.md')
 

@@ -378,3 +378,14 @@ def test_real_sample_with_the_tiny_network(tiny_apply, tmp_path):
   summary = evaluate.evaluate(root, tmp_path / 'out', apply_fn=tiny_apply[1], options=options, progress=False)
   assert summary['mean']['VideoFusion']['num_frames'] == 3
   assert np.isfinite(summary['mean']['VideoFusion']['flowD_fb'])
+
+
+def test_as_rgb_repeats_grey_and_keeps_rgb():
+  grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+  for frame in (grey, grey[..., None]):
+    rgb = evaluate.as_rgb(frame)
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8
+    for c in range(3):
+      np.testing.assert_array_equal(rgb[..., c], grey)
+  colour = np.random.default_rng(0).integers(0, 256, (3, 4, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(evaluate.as_rgb(colour), colour)

@@ -265,8 +265,11 @@ def add_synthetic_degradation(video: EvalVideo, seed: int = DEFAULT_DEGRADE_SEED
 # Per-frame quantities.
 
 
-def _rgb(frame: np.ndarray) -> np.ndarray:
-  """uint8 (H, W, 1|3) -> (H, W, 3)."""
+def as_rgb(frame: np.ndarray) -> np.ndarray:
+  """A grey (H, W) or (H, W, 1) or an RGB (H, W, 3) frame as (H, W, 3), values and dtype unchanged."""
+  frame = np.asarray(frame)
+  if frame.ndim == 2:
+    frame = frame[..., None]
   return np.repeat(frame, 3, axis=-1) if frame.shape[-1] == 1 else frame
 
 
@@ -312,12 +315,12 @@ def restoration_metrics(restored: Mapping[str, np.ndarray], inputs: Mapping[str,
   """
   row = dict.fromkeys(k for k in RESTORATION_KEYS if k.endswith(f'_{CLASSICAL}'))
   for key in ('ir', 'vi'):
-    reference = _rgb(clean[key])
+    reference = as_rgb(clean[key])
     frames = (('input', inputs[key]), ('restored', restored[key]))
     if classical is not None:
       frames += ((CLASSICAL, classical[key]),)
     for kind, frame in frames:
-      frame = _rgb(frame)
+      frame = as_rgb(frame)
       row[f'PSNR_{key}_{kind}'] = psnr(frame, reference)
       row[f'SSIM_{key}_{kind}'] = ssim_rgb(frame, reference)
   return row
@@ -415,7 +418,7 @@ def evaluate_video(video: EvalVideo, apply_fn: windows.ApplyFn, options: EvalOpt
       col = options.slice_column if options.slice_column is not None else f8.shape[1] // 2
       if not 0 <= col < f8.shape[1]:
         raise ValueError(f'slice_column {col} is outside the {f8.shape[1]} columns of video {video.name}')
-      panels = {'IR input': _rgb(frame[ir_key]), 'visible input': frame[vi_key], **fused}
+      panels = {'IR input': as_rgb(frame[ir_key]), 'visible input': frame[vi_key], **fused}
       for key, image in panels.items():
         column.setdefault(key, []).append(image[:, col])
       input_intensity['IR input'].append(float(np.mean(metrics.rgb_to_gray(frame[ir_key]))))

@@ -5,7 +5,7 @@ r"""VideoFusion on M3SVD: the released network and training recipe.
   bash scripts/cpu_study.sh                                                        # the cpu_study variant
 
 Variants (the text after ':'): '' (released), 'tiny' (the small network of the tiny parity fixture, small clips),
-'cpu_study' (a ~100-minute CPU training run on the real frames of ../shared/data/m3svd_sample: docs/cpu_study.md).
+'cpu_study' (a ~2-hour CPU training run on the real frames of ../shared/data/m3svd_sample: docs/cpu_study.md).
 Every value here is from REFERENCE.md (sections 1.1 and 7) unless marked otherwise.
 """
 
@@ -133,23 +133,25 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
 
 
 def _apply_cpu_study(config: ml_collections.ConfigDict) -> None:
-  """The CPU-budget study of docs/cpu_study.md: the tiny network on real M3SVD frames, ~100 min on 2 cores.
+  """The CPU-budget study of docs/cpu_study.md: the tiny network on real M3SVD frames, ~2 h on 2 cores.
 
   Records: ``scripts/cpu_study.sh`` builds ``m3svd/cpu_study`` from ../shared/data/m3svd_sample with 0111_1716
   held out ('test') and 0114_1609, 0115_1834 in 'train'. Width: the tiny network (F = 16, one block per scale,
   1.56 M parameters) costs ~1/6 of the released one per pixel, so 2 cores run a few thousand steps of B = 2,
-  T = 4, 48 x 48 (~0.6 s each) in the budget; the released width would get a sixth of them. Crops of 48 pixels
-  still hold long stripe segments and the whole blur kernel of the degradation (15 px) with context on both
-  sides. This is the recipe's second stage (the script runs the first: degraded clips only, stopped at step
-  2,250 of a 6,000-step cosine): a quarter of the clips keep their clean inputs, so the network learns to leave
-  clean footage intact (the normal setting), and the cosine restarts from the first stage's step to 3,500.
+  48 x 48 clips in the budget; the released width would get a sixth of them. Crops of 48 pixels still hold long
+  stripe segments and the whole blur kernel of the degradation (15 px) with context on both sides. This is the
+  recipe's second stage (the script runs the first: degraded clips of T = 4 only, stopped at step 2,250 of a
+  6,000-step cosine): clips of T = 7, the official inference window, because the Conv3D layers' zero padding in
+  time makes every window position its own case, and a model trained on T = 4 fuses positions 2-4 of a window
+  of 7 brighter (a flicker every window); a quarter of the clips keep their clean inputs, so the network learns
+  to leave clean footage intact (the normal setting); the cosine restarts from the first stage's step to 3,500.
   """
   config.model = tiny_model()
   config.data.name = 'm3svd/cpu_study'
   config.data.num_workers = 0  # the step, not the input, is the bottleneck on 2 cores
   config.data.clean_fraction = 0.25
   config.batch_size = 2
-  config.num_frames = 4
+  config.num_frames = 7
   config.crop_size = 48
   config.total_steps = 3500
   config.checkpoint_every_steps = 250
