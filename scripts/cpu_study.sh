@@ -8,8 +8,10 @@
 # continues from its last checkpoint, and a finished evaluation is kept. Environment: PYTHON (default python),
 # DATA (default ../shared/data), MAX_FRAMES (frames of the held-out mp4, default 28 = 4 windows of 7), OUTPUT
 # (report folder, default docs/cpu_study), EXTRA_SEEDS (seeds trained beside the study model's, the config's
-# 3047; default "2 3", empty for none). About 2 h 30 min of training and 1 h 50 min of evaluation on an idle
-# 2-core CPU, and 2 h + 40 min more per extra seed.
+# 3047; default "2 3", empty for none), MAIN (default 1; 0 skips the study model, its arms and their evaluations
+# and runs the extra seeds only, whose report merges with the evaluations already in OUTPUT/metrics.json: a
+# seed per session fits a 3-hour budget). About 2 h 30 min of training and 1 h 50 min of evaluation on an idle
+# 2-core Xeon, and 2 h + 40 min more per extra seed (1 h 20 min + 20 min on a 2-core EPYC).
 #
 # Training (configs/m3svd.py:cpu_study): stage 1 trains on degraded clips of T = 4 only, on a cosine schedule of
 # 6,000 steps, and stops at step 2,250 (config.stop_after_step); stage 2 starts from that checkpoint (parameters,
@@ -28,6 +30,7 @@ DATA=${DATA:-../shared/data}
 MAX_FRAMES=${MAX_FRAMES:-28}
 OUTPUT=${OUTPUT:-docs/cpu_study}
 EXTRA_SEEDS=${EXTRA_SEEDS-2 3}
+MAIN=${MAIN:-1}
 HELD_OUT_FRAMES=0111_1716
 HELD_OUT_MP4=1230_1202
 CONFIG=configs/m3svd.py:cpu_study
@@ -42,6 +45,11 @@ for folder in m3svd_sample m3svd_videos; do
     exit 1
   fi
 done
+if [ "$MAIN" != 1 ] && { [ -z "$EXTRA_SEEDS" ] || [ ! -f "$OUTPUT/metrics.json" ]; }; then
+  echo "error: MAIN=0 runs the seeds of EXTRA_SEEDS ('$EXTRA_SEEDS') beside the evaluations of $OUTPUT/metrics.json;" \
+    "both are needed" >&2
+  exit 1
+fi
 mkdir -p "$WORK"
 
 echo "== records: 2 training videos, $HELD_OUT_FRAMES held out"
@@ -71,10 +79,10 @@ stage1() {  # root [flags]: degraded clips of T = $STAGE1_FRAMES only, in root/s
   require_checkpoint "$root/stage1" "$STAGE1_STOP"
 }
 
-stage2() {  # root workdir [flags]: from root's stage-1 checkpoint, 25 % clean clips, in workdir
+stage2() {  # root workdir [flags]: from root's stage-1 checkpoint, the config's clean share, in workdir
   local root=$1 workdir=$2
   shift 2
-  echo "== training $workdir, stage 2: from step $STAGE1_STOP of $root/stage1, 25 % clean clips $*"
+  echo "== training $workdir, stage 2: from step $STAGE1_STOP of $root/stage1, the config's clean share of clips $*"
   if [ ! -d "$workdir/checkpoints" ]; then  # the stage-1 checkpoint, copied whole before it is published
     mkdir -p "$workdir"
     rm -rf "$workdir/checkpoints.partial"
@@ -91,17 +99,6 @@ train_recipe() {  # root [flags]: the recipe's two stages, in root/stage1 and ro
   stage2 "$1" "$1/train" "${@:2}"
 }
 
-train_recipe "$WORK"
-# The clip-length arm: stage 2 on clips of T = $STAGE1_FRAMES (as stage 1) instead of the config's 7.
-stage2 "$WORK" "$WORK/t4" --config.num_frames="$STAGE1_FRAMES"
-
-echo "== export: the study model, the T = $STAGE1_FRAMES arm, the stage-1 model and the untrained control"
-"$PYTHON" -m vfusion_jax.export --workdir="$WORK/train" --output="$WORK/ckpt" --overwrite
-"$PYTHON" -m vfusion_jax.export --workdir="$WORK/t4" --output="$WORK/ckpt_t4" --overwrite
-"$PYTHON" -m vfusion_jax.export --workdir="$WORK/stage1" --step="$STAGE1_STOP" --output="$WORK/ckpt_stage1" \
-  --overwrite
-"$PYTHON" scripts/untrained_checkpoint.py --config="$CONFIG" --output="$WORK/ckpt_untrained" --overwrite
-
 evaluate() {  # name checkpoint data setting window overlap [extra flags]
   local name=$1 ckpt=$2 data=$3 setting=$4 window=$5 overlap=$6
   shift 6
@@ -111,6 +108,7 @@ evaluate() {  # name checkpoint data setting window overlap [extra flags]
     return
   fi
   echo "== evaluation $name"
+  mkdir -p "$WORK/eval"
   "$PYTHON" eval.py --config="$CONFIG" --checkpoint="$ckpt" --data="$data" --setting="$setting" \
     --references=clean --fuse.window="$window" --fuse.overlap="$overlap" --fuse.rule=blend --output="$out" \
     --overwrite --noplots --nosave_restored "$@"
@@ -120,23 +118,37 @@ evaluate() {  # name checkpoint data setting window overlap [extra flags]
 # 7 overlapping by 3 with the blend rule, w2 = frame pairs. Baselines are computed once per video and setting.
 FRAMES=("$DATA/m3svd_sample" --videos="$HELD_OUT_FRAMES")
 MP4=("$DATA/m3svd_videos" --videos="$HELD_OUT_MP4" --max_frames="$MAX_FRAMES")
-for setting in degraded normal; do
-  evaluate "final_frames_${setting}_w7" "$WORK/ckpt" "${FRAMES[0]}" "$setting" 7 0 "${FRAMES[@]:1}"
-  evaluate "final_frames_${setting}_w7o3" "$WORK/ckpt" "${FRAMES[0]}" "$setting" 7 3 "${FRAMES[@]:1}" --nobaselines
-  evaluate "final_frames_${setting}_w2" "$WORK/ckpt" "${FRAMES[0]}" "$setting" 2 0 "${FRAMES[@]:1}" --nobaselines
-  evaluate "final_mp4_${setting}_w7" "$WORK/ckpt" "${MP4[0]}" "$setting" 7 0 "${MP4[@]:1}"
-  evaluate "final_mp4_${setting}_w2" "$WORK/ckpt" "${MP4[0]}" "$setting" 2 0 "${MP4[@]:1}" --nobaselines
-  evaluate "stage1_frames_${setting}_w7" "$WORK/ckpt_stage1" "${FRAMES[0]}" "$setting" 7 0 "${FRAMES[@]:1}" \
-    --nobaselines
-  evaluate "untrained_frames_${setting}_w7" "$WORK/ckpt_untrained" "${FRAMES[0]}" "$setting" 7 0 \
-    "${FRAMES[@]:1}" --nobaselines
-  for windows in 7 4 2; do
-    evaluate "t4_frames_${setting}_w$windows" "$WORK/ckpt_t4" "${FRAMES[0]}" "$setting" "$windows" 0 \
+if [ "$MAIN" = 1 ]; then
+  train_recipe "$WORK"
+  # The clip-length arm: stage 2 on clips of T = $STAGE1_FRAMES (as stage 1) instead of the config's 7.
+  stage2 "$WORK" "$WORK/t4" --config.num_frames="$STAGE1_FRAMES"
+
+  echo "== export: the study model, the T = $STAGE1_FRAMES arm, the stage-1 model and the untrained control"
+  "$PYTHON" -m vfusion_jax.export --workdir="$WORK/train" --output="$WORK/ckpt" --overwrite
+  "$PYTHON" -m vfusion_jax.export --workdir="$WORK/t4" --output="$WORK/ckpt_t4" --overwrite
+  "$PYTHON" -m vfusion_jax.export --workdir="$WORK/stage1" --step="$STAGE1_STOP" --output="$WORK/ckpt_stage1" \
+    --overwrite
+  "$PYTHON" scripts/untrained_checkpoint.py --config="$CONFIG" --output="$WORK/ckpt_untrained" --overwrite
+
+  for setting in degraded normal; do
+    evaluate "final_frames_${setting}_w7" "$WORK/ckpt" "${FRAMES[0]}" "$setting" 7 0 "${FRAMES[@]:1}"
+    evaluate "final_frames_${setting}_w7o3" "$WORK/ckpt" "${FRAMES[0]}" "$setting" 7 3 "${FRAMES[@]:1}" --nobaselines
+    evaluate "final_frames_${setting}_w2" "$WORK/ckpt" "${FRAMES[0]}" "$setting" 2 0 "${FRAMES[@]:1}" --nobaselines
+    evaluate "final_mp4_${setting}_w7" "$WORK/ckpt" "${MP4[0]}" "$setting" 7 0 "${MP4[@]:1}"
+    evaluate "final_mp4_${setting}_w2" "$WORK/ckpt" "${MP4[0]}" "$setting" 2 0 "${MP4[@]:1}" --nobaselines
+    evaluate "stage1_frames_${setting}_w7" "$WORK/ckpt_stage1" "${FRAMES[0]}" "$setting" 7 0 "${FRAMES[@]:1}" \
+      --nobaselines
+    evaluate "untrained_frames_${setting}_w7" "$WORK/ckpt_untrained" "${FRAMES[0]}" "$setting" 7 0 \
       "${FRAMES[@]:1}" --nobaselines
+    for windows in 7 4 2; do
+      evaluate "t4_frames_${setting}_w$windows" "$WORK/ckpt_t4" "${FRAMES[0]}" "$setting" "$windows" 0 \
+        "${FRAMES[@]:1}" --nobaselines
+    done
+    evaluate "t4_mp4_${setting}_w7" "$WORK/ckpt_t4" "${MP4[0]}" "$setting" 7 0 "${MP4[@]:1}" --nobaselines
+    evaluate "t4_mp4_${setting}_w2" "$WORK/ckpt_t4" "${MP4[0]}" "$setting" 2 0 "${MP4[@]:1}" --nobaselines
   done
-  evaluate "t4_mp4_${setting}_w7" "$WORK/ckpt_t4" "${MP4[0]}" "$setting" 7 0 "${MP4[@]:1}" --nobaselines
-  evaluate "t4_mp4_${setting}_w2" "$WORK/ckpt_t4" "${MP4[0]}" "$setting" 2 0 "${MP4[@]:1}" --nobaselines
-done
+
+fi
 
 # Seeds: the same recipe with other values of config.seed (initial parameters, clip sampling, degradation
 # draws), each in WORK/seed<N>, exported to WORK/ckpt_seed<N> and evaluated on both videos and settings with the
@@ -157,4 +169,9 @@ for seed in $EXTRA_SEEDS; do
 done
 
 echo "== report"
-"$PYTHON" scripts/cpu_study_report.py --work="$WORK" --output="$OUTPUT" --data="$DATA"
+if [ "$MAIN" = 1 ]; then
+  "$PYTHON" scripts/cpu_study_report.py --work="$WORK" --output="$OUTPUT" --data="$DATA"
+else  # the seeds beside the evaluations kept in OUTPUT/metrics.json
+  "$PYTHON" scripts/cpu_study_report.py --work="$WORK" --output="$OUTPUT" --data="$DATA" \
+    --record="$OUTPUT/metrics.json" --tables=seeds
+fi

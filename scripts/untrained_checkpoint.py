@@ -21,23 +21,27 @@ from vfusion_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-
 from vfusion_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vfusion_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'training config (its model and seed)')
-_OUTPUT = flags.DEFINE_string('output', None, 'inference checkpoint directory to create', required=True)
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'replace an existing output directory')
+
+def _define_flags():
+  """Defined when run as a script only, so importing this file never clashes with another module's --output."""
+  config_flags.DEFINE_config_file('config', None, 'training config (its model and seed)')
+  flags.DEFINE_string('output', None, 'inference checkpoint directory to create', required=True)
+  flags.DEFINE_bool('overwrite', False, 'replace an existing output directory')
+  flags.mark_flag_as_required('config')
 
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  args = flags.FLAGS
+  config = args.config
   model = train_lib.create_model(config)
   params = jax.jit(lambda rng: train_lib.init_state(model, optim.make_optimizer(config), rng, config).params)(
       train_lib.initial_params_key(config))
-  checkpoint.save_inference_checkpoint(_OUTPUT.value, jax.device_get(params), config.model,
-                                       overwrite=_OVERWRITE.value,
+  checkpoint.save_inference_checkpoint(args.output, jax.device_get(params), config.model, overwrite=args.overwrite,
                                        metadata={'untrained': True, 'seed': config.seed})
-  print(f'wrote {_OUTPUT.value} (initial parameters of seed {config.seed})')
+  print(f'wrote {args.output} (initial parameters of seed {config.seed})')
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('config')
+  _define_flags()
   app.run(main)

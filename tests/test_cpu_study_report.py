@@ -1,6 +1,7 @@
 """The study report's computed tables (scripts/cpu_study_report.py), on small hand-made evaluation records."""
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -47,6 +48,27 @@ def test_seed_table_mean_spread_and_goal_counts(report):
   assert met[1] == '2/3'  # VIF above the pixel max's 0.40: 0.45 and 0.50
   assert met[4] == '2/3'  # IR PSNR above the input's 18.0: 23 and 25
   assert met[6] == '2/3 (w7 ≤ w2)'  # 4.2 <= 4.5 and 4.0 <= 4.4; 4.9 > 4.7
+
+
+def test_a_seeds_only_folder_joins_the_kept_record(report, tmp_path):
+  """Seeds trained in another session: the kept record gives the study model's rows and bars, the folder the new
+  seed's; a name in both is the folder's (a rerun replaces its old record)."""
+  kept = {'final_frames_normal_w7': _summary(0.57, 3.7, pixel_max_vif=1.0),
+          'final_frames_normal_w2': _summary(0.57, 4.1), 'seed2_frames_normal_w7': _summary(0.1, 9.9)}
+  for name, summary in {'seed2_frames_normal_w7': _summary(0.61, 3.5),
+                        'seed2_frames_normal_w2': _summary(0.61, 3.4)}.items():
+    (tmp_path / 'eval' / name).mkdir(parents=True)
+    (tmp_path / 'eval' / name / 'metrics.json').write_text(json.dumps(summary))
+  evals = report.load_evals(tmp_path, kept)
+  assert sorted(evals) == sorted({*kept, 'seed2_frames_normal_w2'})
+  assert evals['seed2_frames_normal_w7']['mean'][evaluate.MODEL]['VIF'] == 0.61
+  rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+          for line in report.seed_table(evals, 'frames', 'normal').split('\n')[2:]}
+  assert rows[f'seed {report.STUDY_SEED}'][0] == '0.5700' and rows['seed 2'][0] == '0.6100'  # VIF
+  assert rows['seed 2'][-2:] == ['3.5000', '3.4000']
+  assert rows['goal bar: stretched pixel max'][0] == '1.0000'
+  with pytest.raises(FileNotFoundError):
+    report.load_evals(tmp_path / 'empty')
 
 
 def test_window_position_intensity_follows_the_official_windows(report, tmp_path):
