@@ -50,7 +50,7 @@ if [ "$MAIN" != 1 ] && { [ -z "$EXTRA_SEEDS" ] || [ ! -f "$OUTPUT/metrics.json" 
     "both are needed" >&2
   exit 1
 fi
-mkdir -p "$WORK"
+mkdir -p "$WORK/eval"
 
 echo "== records: 2 training videos, $HELD_OUT_FRAMES held out"
 "$PYTHON" -m vfusion_jax.data.build --manual_dir="$DATA/m3svd_sample" --data_dir="$WORK/tfds" \
@@ -108,7 +108,6 @@ evaluate() {  # name checkpoint data setting window overlap [extra flags]
     return
   fi
   echo "== evaluation $name"
-  mkdir -p "$WORK/eval"
   "$PYTHON" eval.py --config="$CONFIG" --checkpoint="$ckpt" --data="$data" --setting="$setting" \
     --references=clean --fuse.window="$window" --fuse.overlap="$overlap" --fuse.rule=blend --output="$out" \
     --overwrite --noplots --nosave_restored "$@"
@@ -147,7 +146,6 @@ if [ "$MAIN" = 1 ]; then
     evaluate "t4_mp4_${setting}_w7" "$WORK/ckpt_t4" "${MP4[0]}" "$setting" 7 0 "${MP4[@]:1}" --nobaselines
     evaluate "t4_mp4_${setting}_w2" "$WORK/ckpt_t4" "${MP4[0]}" "$setting" 2 0 "${MP4[@]:1}" --nobaselines
   done
-
 fi
 
 # Seeds: the same recipe with other values of config.seed (initial parameters, clip sampling, degradation
@@ -169,9 +167,8 @@ for seed in $EXTRA_SEEDS; do
 done
 
 echo "== report"
-if [ "$MAIN" = 1 ]; then
-  "$PYTHON" scripts/cpu_study_report.py --work="$WORK" --output="$OUTPUT" --data="$DATA"
-else  # the seeds beside the evaluations kept in OUTPUT/metrics.json
-  "$PYTHON" scripts/cpu_study_report.py --work="$WORK" --output="$OUTPUT" --data="$DATA" \
-    --record="$OUTPUT/metrics.json" --tables=seeds
+report_flags=()
+if [ "$MAIN" != 1 ]; then  # the seeds beside the evaluations kept in OUTPUT/metrics.json
+  report_flags=(--record="$OUTPUT/metrics.json" --tables=seeds)
 fi
+"$PYTHON" scripts/cpu_study_report.py --work="$WORK" --output="$OUTPUT" --data="$DATA" "${report_flags[@]}"
