@@ -10,8 +10,10 @@
 # (report folder, default docs/cpu_study), EXTRA_SEEDS (seeds trained beside the study model's, the config's
 # 3047; default "2 3", empty for none), MAIN (default 1; 0 skips the study model, its arms and their evaluations
 # and runs the extra seeds only, whose report merges with the evaluations already in OUTPUT/metrics.json: a
-# seed per session fits a 3-hour budget). About 2 h 30 min of training and 1 h 50 min of evaluation on an idle
-# 2-core Xeon, and 2 h + 40 min more per extra seed (1 h 20 min + 20 min on a 2-core EPYC).
+# seed per session fits a 3-hour budget), CLEAN_ARMS (seeds of EXTRA_SEEDS whose stage 2 runs a second time
+# with every clip clean, data.clean_fraction=1, in WORK/seed<N>/clean: the clean-share arm; default none). About
+# 2 h 30 min of training and 1 h 50 min of evaluation on an idle 2-core Xeon, and 2 h + 40 min more per extra
+# seed (1 h 20 min + 20 min on a 2-core EPYC; a clean-share arm adds ~30 min + 10 min there).
 #
 # Training (configs/m3svd.py:cpu_study): stage 1 trains on degraded clips of T = 4 only, on a cosine schedule of
 # 6,000 steps, and stops at step 2,250 (config.stop_after_step); stage 2 starts from that checkpoint (parameters,
@@ -31,6 +33,7 @@ MAX_FRAMES=${MAX_FRAMES:-28}
 OUTPUT=${OUTPUT:-docs/cpu_study}
 EXTRA_SEEDS=${EXTRA_SEEDS-2 3}
 MAIN=${MAIN:-1}
+CLEAN_ARMS=${CLEAN_ARMS:-}
 HELD_OUT_FRAMES=0111_1716
 HELD_OUT_MP4=1230_1202
 CONFIG=configs/m3svd.py:cpu_study
@@ -164,6 +167,16 @@ for seed in $EXTRA_SEEDS; do
     evaluate "seed${seed}_mp4_${setting}_w2" "$WORK/ckpt_seed$seed" "${MP4[0]}" "$setting" 2 0 "${MP4[@]:1}" \
       --nobaselines
   done
+  if [[ " $CLEAN_ARMS " == *" $seed "* ]]; then  # the clean-share arm: same stage 1, stage 2 on clean clips only
+    stage2 "$WORK/seed$seed" "$WORK/seed$seed/clean" --config.seed="$seed" --config.data.clean_fraction=1
+    "$PYTHON" -m vfusion_jax.export --workdir="$WORK/seed$seed/clean" --output="$WORK/ckpt_clean$seed" --overwrite
+    for setting in degraded normal; do
+      evaluate "clean${seed}_frames_${setting}_w7" "$WORK/ckpt_clean$seed" "${FRAMES[0]}" "$setting" 7 0 \
+        "${FRAMES[@]:1}" --nobaselines
+      evaluate "clean${seed}_mp4_${setting}_w7" "$WORK/ckpt_clean$seed" "${MP4[0]}" "$setting" 7 0 "${MP4[@]:1}" \
+        --nobaselines
+    done
+  fi
 done
 
 echo "== report"

@@ -46,6 +46,7 @@ TEMPORAL_KEYS = ('flowD_fb', 'tdiff', 'BiSWE_fb', 'MS2R_fb')
 LOSS_KEYS = ('l_total', 'ir_loss_fid', 'vi_loss_fid', 'loss_fusion', 'l_cons_total')
 STAGES = ('stage1', 'train')
 STUDY_SEED = m3svd.get_config('cpu_study').seed  # the study model's seed
+CLEAN_SHARE = m3svd.get_config('cpu_study').data.clean_fraction  # the recipe's share of clean stage-2 clips
 
 
 def _load_log(path: pathlib.Path) -> list:
@@ -232,6 +233,23 @@ def _seed_row(evals: dict, model: str, video: str, setting: str) -> list:
   return row
 
 
+def _goal_bars(evals: dict, video: str, setting: str) -> list | None:
+  """The goals' bars, from the study model's evaluation (which computes the baselines): the stretched pixel max
+  on the goal metrics, then (degraded setting) the input PSNRs."""
+  reference = _get(evals, 'final', video, setting, 'w7')
+  if reference is None:
+    return None
+  bars = [reference['mean'][evaluate.PIXEL_MAX][k] for k in GOAL_KEYS[setting]]
+  if setting == 'degraded':
+    bars += [reference['restoration']['mean'][f'PSNR_{m}_input'] for m in ('ir', 'vi')]
+  return bars
+
+
+def _bar_row(bars: list, setting: str) -> str:
+  return ('| goal bar: stretched pixel max' + (' / input PSNR' if setting == 'degraded' else '') + ' | '
+          + ' | '.join(f'{b:.4f}' for b in bars))
+
+
 def seed_table(evals: dict, video: str, setting: str) -> str:
   """Every seed's goal measurements, their mean and sample standard deviation, and how many seeds meet each goal."""
   keys = list(GOAL_KEYS[setting]) + (['PSNR IR', 'PSNR VI'] if setting == 'degraded' else [])
@@ -243,20 +261,14 @@ def seed_table(evals: dict, video: str, setting: str) -> str:
     if row:
       rows[seed] = row
       lines.append(f'| seed {seed} | ' + ' | '.join(_number(v, 4) for v in row) + ' |')
-  reference = _get(evals, 'final', video, setting, 'w7')
-  if len(rows) < 2 or reference is None:
+  bars = _goal_bars(evals, video, setting)
+  if len(rows) < 2 or bars is None:
     return '\n'.join(lines)
   columns = [[row[i] for row in rows.values() if row[i] is not None] for i in range(len(keys))]
   lines.append(f'| mean ± sd ({len(rows)} seeds) | ' + ' | '.join(
       f'{np.mean(c):.4f} ± {np.std(c, ddof=1):.4f}' if len(c) > 1 else _number(c[0] if c else None, 4)
       for c in columns) + ' |')
-  pixel_max = reference['mean'][evaluate.PIXEL_MAX]
-  restoration = reference['restoration']['mean']
-  bars = [pixel_max[k] for k in GOAL_KEYS[setting]]
-  if setting == 'degraded':
-    bars += [restoration[f'PSNR_{m}_input'] for m in ('ir', 'vi')]
-  lines.append('| goal bar: stretched pixel max' + (' / input PSNR' if setting == 'degraded' else '') + ' | '
-               + ' | '.join(f'{b:.4f}' for b in bars) + ' | | |')
+  lines.append(_bar_row(bars, setting) + ' | | |')
   met = [f'{sum(v > bar for v in c)}/{len(c)}' for c, bar in zip(columns, bars)]
   pairs = [(row[-2], row[-1]) for row in rows.values() if row[-1] is not None]
   met.append(f'{sum(w7 <= w2 for w7, w2 in pairs)}/{len(pairs)} (w7 ≤ w2)')
@@ -264,12 +276,40 @@ def seed_table(evals: dict, video: str, setting: str) -> str:
   return '\n'.join(lines)
 
 
+def clean_arm_seeds(evals: dict) -> list:
+  """Seeds whose clean-share arm (``clean<N>_*`` evaluations: stage 2 again, every clip clean) was run."""
+  return sorted({int(name.split('_')[0][5:]) for name in evals if name.startswith('clean')})
+
+
+def clean_share_table(evals: dict, seed: int, video: str, setting: str) -> str:
+  """One seed's stage 2 with the recipe's clean share against the same stage 1 continued on clean clips only
+  (windows of 7), beside the goals' bars: what the mix of clips buys in each setting."""
+  keys = list(GOAL_KEYS[setting]) + (['PSNR IR', 'PSNR VI'] if setting == 'degraded' else []) + ['flowD_fb w7']
+  lines = ['| stage 2 of seed ' + str(seed) + ' | ' + ' | '.join(keys) + ' |', '|---|' + '---:|' * len(keys)]
+  recipe = 'final' if seed == STUDY_SEED else f'seed{seed}'
+  for model, label in ((recipe, f'{CLEAN_SHARE:.0%} clean clips (the recipe)'),
+                       (f'clean{seed}', 'every clip clean')):
+    row = _seed_row(evals, model, video, setting)
+    if row:
+      lines.append(f'| {label} | ' + ' | '.join(_number(v, 4) for v in row[:-1]) + ' |')
+  bars = _goal_bars(evals, video, setting)
+  if bars is not None:
+    lines.append(_bar_row(bars, setting) + ' | |')
+  return '\n'.join(lines)
+
+
 def seed_section(evals: dict) -> str:
-  """The seed tables of every held-out video and setting, under one heading."""
+  """The seed tables of every held-out video and setting, under one heading, and the clean-share arms."""
   parts = ['## Seeds: the same recipe, other values of config.seed (windows of 7 unless named)']
   for video, caption in VIDEOS.items():
     for setting, setting_caption in SETTINGS.items():
       parts += ['', f'### {caption}, {setting_caption}', '', seed_table(evals, video, setting)]
+  for seed in clean_arm_seeds(evals):
+    parts += ['', f'## Clean share of stage 2, seed {seed}: the recipe\'s {CLEAN_SHARE:.0%} of clean clips vs every '
+              'clip clean (same stage 1; windows of 7)']
+    for video, caption in VIDEOS.items():
+      for setting, setting_caption in SETTINGS.items():
+        parts += ['', f'### {caption}, {setting_caption}', '', clean_share_table(evals, seed, video, setting)]
   return '\n'.join(parts)
 
 
@@ -329,8 +369,8 @@ def main(argv):
   evals = load_evals(work, kept)
   io.write_text(output / 'metrics.json', json.dumps(record(evals), indent=1, sort_keys=True))
   if args.tables == 'seeds':
-    header = ('# CPU study: seeds (generated by scripts/cpu_study_report.py --tables=seeds from every seed\'s '
-              'evaluations in metrics.json)')
+    header = ('# CPU study: seeds and clean-share arms (generated by scripts/cpu_study_report.py --tables=seeds from '
+              'their evaluations in metrics.json)')
     io.write_text(output / 'seeds.md', header + '\n\n' + seed_section(evals) + '\n')
     print(f'wrote {output}/metrics.json, seeds.md')
     return

@@ -71,6 +71,26 @@ def test_a_seeds_only_folder_joins_the_kept_record(report, tmp_path):
     report.load_evals(tmp_path / 'empty')
 
 
+def test_clean_share_table_sets_the_arm_beside_its_own_seed(report):
+  """The clean-share arm of seed 3 is compared with seed 3's recipe run (not the study model), has no pair
+  column, and stays out of the seed list and its spread."""
+  evals = {'final_frames_degraded_w7': _summary(0.47, 4.2, 23.0, pixel_max_vif=0.39),
+           'seed3_frames_degraded_w7': _summary(0.48, 4.4, 25.0), 'seed3_frames_degraded_w2': _summary(0.48, 5.0, 25.0),
+           'clean3_frames_degraded_w7': _summary(0.30, 3.9, 19.0)}
+  assert report.clean_arm_seeds(evals) == [3]
+  assert [s for _, s in report.seed_models(evals)] == [report.STUDY_SEED, 3]
+  rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+          for line in report.clean_share_table(evals, 3, 'frames', 'degraded').split('\n')[2:]}
+  recipe = f'{report.CLEAN_SHARE:.0%} clean clips (the recipe)'
+  assert list(rows) == [recipe, 'every clip clean', 'goal bar: stretched pixel max / input PSNR']
+  # Columns: MI VIF SSIM Qabf, PSNR IR, PSNR VI, flowD_fb w7.
+  assert rows[recipe][1] == '0.4800' and rows[recipe][4] == '25.0000' and rows[recipe][6] == '4.4000'
+  assert rows['every clip clean'][1] == '0.3000' and rows['every clip clean'][6] == '3.9000'
+  assert len(rows['every clip clean']) == 7
+  assert rows['goal bar: stretched pixel max / input PSNR'][1] == '0.3900'
+  assert 'Clean share of stage 2, seed 3' in report.seed_section(evals)
+
+
 def test_window_position_intensity_follows_the_official_windows(report, tmp_path):
   """20 frames in windows of 7 start at 0, 7 and 13; the official rule takes frame 13 from the last window
   (position 0), whose frames 14-19 are positions 1-6."""
