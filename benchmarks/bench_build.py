@@ -74,7 +74,8 @@ def stage_times(root: pathlib.Path, chunk_frames: int) -> dict:
         serialized.append((key, serializer.serialize_example(encoded)))
         times['serialize'] += time.perf_counter() - start
     start = time.perf_counter()
-    builder._example_writer().write(os.path.join(tmp, 'probe.array_record'), serialized)  # pylint: disable=protected-access
+    writer = builder._example_writer()  # pylint: disable=protected-access
+    writer.write(os.path.join(tmp, 'probe.array_record'), serialized)
     times['write'] = time.perf_counter() - start
   total = sum(times.values())
   return dict(frames=frames, seconds=times, total_s=total, frames_per_s=frames / total,

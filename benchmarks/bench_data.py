@@ -11,9 +11,9 @@ devices x 3) and ``pipeline.make_iterator`` with 0, 1, 2 grain worker processes,
 ``tfds.decode.SkipDecoding`` for the unused LQ frames) and 'dataset' (the release's LQ frames). Reported: clips
 per second after a warm-up batch (worker start-up is reported apart) for each --clips_per_chunk (clips drawn
 from one decoded chunk), the records read per clip (counted in the training process, so with 0 workers), the
-per-clip cost of the record read and of the clip sampler, and, with --train_step_batch_sizes (and --train_step_crop), seconds per released train
-step (jit, one process) for the ratio of pipeline supply to train-step demand. Prints Markdown for
-docs/benchmarks.md.
+per-clip cost of the record read and of the clip sampler, and, with --train_step_batch_sizes (and
+--train_step_crop), seconds per released train step (jit, one process) for the ratio of pipeline supply to
+train-step demand. Prints Markdown for docs/benchmarks.md.
 """
 
 import argparse

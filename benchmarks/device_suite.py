@@ -217,7 +217,8 @@ def table(results: list[dict]) -> str:
   """Markdown table of the results; torch rows take the FLOPs and MFU of the JAX row of the same case."""
   jax_flops = {(r['case'], r['dtype']): r['flops'] for r in results if r['framework'] == 'jax' and 'flops' in r}
   device_kind = next((r['device_kind'] for r in results if 'device_kind' in r), 'unknown')
-  lines = ['| framework | case | dtype | B×T×H×W | compile (s) | s/call | TFLOP/call | TFLOP/s | MFU | peak memory |',
+  lines = ['| framework | case | dtype | B×T×H×W | compile (s) | s/call | TFLOP/call | TFLOP/s | MFU '
+           '| peak memory |',
            '|---|---|---|---|---:|---:|---:|---:|---:|---|']
   for r in results:
     shape = '×'.join(str(v) for v in r.get('shape', ())) or 'n/a'

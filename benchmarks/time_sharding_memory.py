@@ -70,10 +70,12 @@ def markdown(results: list) -> str:
   frames = sorted({r['frames'] for r in results})
   by = {(r['frames'], r['shards']): r for r in results}
   first = results[0]
-  lines = [f"Train step, {first['variant'] or 'released'} network, B=1, {first['height']}x{first['width']}, remat={first['remat']}, {first.get('dtype', 'float32')}: "
+  lines = [f"Train step, {first['variant'] or 'released'} network, B=1, {first['height']}x{first['width']}, "
+           f"remat={first['remat']}, {first.get('dtype', 'float32')}: "
            'XLA live GiB per device (arguments + outputs + temporaries - donated; parameters and Adam state '
            f"{first['state_gib']:.2f} GiB of it) / temporaries GiB", '',
-           '| T \\ n (time shards) | ' + ' | '.join(str(n) for n in shards) + ' | temporaries shrink, first to last n |',
+           '| T \\ n (time shards) | ' + ' | '.join(str(n) for n in shards)
+           + ' | temporaries shrink, first to last n |',
            '|---|' + '---:|' * (len(shards) + 1)]
   for t in frames:
     cells = [f"{by[(t, n)]['live_gib']:.2f} / {by[(t, n)]['temp_gib']:.2f}" if (t, n) in by else '-'

@@ -97,7 +97,8 @@ def gcs_emulator(tmp_path_factory):
   port = free_port()
   url = f'http://127.0.0.1:{port}'
   log = open(tmp_path_factory.mktemp('gcs_emulator') / 'fake-gcs-server.log', 'wb')
-  process = subprocess.Popen([str(_server._get_binary_path()), '-scheme', 'http', '-backend', 'memory',  # pylint: disable=protected-access
+  binary = _server._get_binary_path()  # pylint: disable=protected-access
+  process = subprocess.Popen([str(binary), '-scheme', 'http', '-backend', 'memory',
                               '-host', '127.0.0.1', '-port', str(port), '-external-url', url,
                               '-public-host', f'127.0.0.1:{port}', '-log-level', 'warn'],
                              stdout=log, stderr=subprocess.STDOUT)

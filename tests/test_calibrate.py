@@ -170,8 +170,9 @@ def test_only_the_training_split_is_measured(known_release, tmp_path):
   assert list(calibrate.calibrate_root(tmp_path, split='test')['videos']) == ['other']
   with pytest.raises(ValueError, match='other in the test split'):
     calibrate.calibrate_root(tmp_path, videos=['known', 'other'])
-  for clean, degraded in ((tmp_path / 'test' / 'infrared_Enhance', tmp_path / 'test' / 'infrared_noise'),
-                          (tmp_path / 'test' / 'visible_Enhance' / 'other', tmp_path / 'test' / 'visible_Blur' / 'other')):
+  test = tmp_path / 'test'
+  for clean, degraded in ((test / 'infrared_Enhance', test / 'infrared_noise'),
+                          (test / 'visible_Enhance' / 'other', test / 'visible_Blur' / 'other')):
     with pytest.raises(ValueError, match='is in the test split'):
       calibrate.calibrate_folders(clean, degraded)
   train = calibrate.calibrate_folders(tmp_path / 'train' / 'infrared_Enhance', tmp_path / 'train' / 'infrared_noise')

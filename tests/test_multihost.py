@@ -60,7 +60,8 @@ def _distributed(port, process_id):
 PREEMPT_COMMON = ['--config.batch_size=4', '--config.num_frames=2', '--config.crop_size=16',
                   '--config.data.num_videos=4', '--config.data.frames_per_video=6',
                   '--config.data.frames_per_example=6', '--config.data.height=32', '--config.data.width=32',
-                  '--config.log_every_steps=1', '--config.preview_every_steps=2', '--config.checkpoint_every_steps=1000',
+                  '--config.log_every_steps=1', '--config.preview_every_steps=2',
+                  '--config.checkpoint_every_steps=1000',
                   '--config.preview_video_frames=4', '--config.preview_window=2', '--config.mesh.data=-1']
 PREEMPT_TOTAL_STEPS = 1000  # never reached: the run ends by the SIGTERM
 PREEMPT_AFTER_STEP = 2  # SIGTERM once process 0 has logged this step

@@ -64,5 +64,6 @@ def test_cpu_xla_flags_only_when_jax_runs_on_the_cpu():
 def test_expected_platform_without_jax_platforms(monkeypatch, plugin, device_node, expected):
   monkeypatch.delenv('JAX_PLATFORMS', raising=False)
   monkeypatch.setattr(runtime, '_importable', lambda module: module == plugin)
-  monkeypatch.setattr(runtime.glob, 'glob', lambda pattern: [device_node] if device_node and fnmatch.fnmatch(device_node, pattern) else [])
+  monkeypatch.setattr(runtime.glob, 'glob',
+                      lambda pattern: [device_node] if device_node and fnmatch.fnmatch(device_node, pattern) else [])
   assert runtime.expected_platform() == expected

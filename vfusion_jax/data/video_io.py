@@ -188,7 +188,8 @@ class VideoWriter:
   Frames go to an ``io.StagedFile`` (a hidden sibling of `path`, or a local temporary file for a bucket),
   published to `path` by a successful `close()`. Leaving a `with` block through an exception (or calling
   `abort()`) deletes the temporary file, so `path` never holds a half-written video. The frame size is taken
-  from the first frame and must be even (4:2:0 chroma). An existing `path` raises FileExistsError unless `overwrite=True`.
+  from the first frame and must be even (4:2:0 chroma). An existing `path` raises FileExistsError unless
+  `overwrite=True`.
 
   Example:
     with VideoWriter('fused.mp4', fps=30) as writer:
