@@ -215,10 +215,19 @@ def clip_length_table(work: pathlib.Path, evals: dict, video: str, setting: str)
   return '\n'.join(lines)
 
 
+def _seeds_named(evals: dict, prefix: str) -> list:
+  """The seeds N of the ``<prefix><N>_*`` evaluations, sorted."""
+  return sorted({int(name.split('_')[0][len(prefix):]) for name in evals if name.startswith(prefix)})
+
+
+def _goal_columns(setting: str) -> list:
+  """The goal measurements of a setting: its fusion metrics, then (degraded setting) the restored PSNRs."""
+  return list(GOAL_KEYS[setting]) + (['PSNR IR', 'PSNR VI'] if setting == 'degraded' else [])
+
+
 def seed_models(evals: dict) -> list:
   """(model name, seed) of every trained run of the recipe: the study model (config seed) and ``seed<N>`` runs."""
-  extra = sorted({int(name.split('_')[0][4:]) for name in evals if name.startswith('seed')})
-  return [('final', STUDY_SEED)] + [(f'seed{seed}', seed) for seed in extra]
+  return [('final', STUDY_SEED)] + [(f'seed{seed}', seed) for seed in _seeds_named(evals, 'seed')]
 
 
 def _seed_row(evals: dict, model: str, video: str, setting: str) -> list:
@@ -252,7 +261,7 @@ def _bar_row(bars: list, setting: str) -> str:
 
 def seed_table(evals: dict, video: str, setting: str) -> str:
   """Every seed's goal measurements, their mean and sample standard deviation, and how many seeds meet each goal."""
-  keys = list(GOAL_KEYS[setting]) + (['PSNR IR', 'PSNR VI'] if setting == 'degraded' else [])
+  keys = _goal_columns(setting)
   keys += ['flowD_fb w7', 'flowD_fb w2']
   lines = ['| run | ' + ' | '.join(keys) + ' |', '|---|' + '---:|' * len(keys)]
   rows = {}
@@ -278,13 +287,13 @@ def seed_table(evals: dict, video: str, setting: str) -> str:
 
 def clean_arm_seeds(evals: dict) -> list:
   """Seeds whose clean-share arm (``clean<N>_*`` evaluations: stage 2 again, every clip clean) was run."""
-  return sorted({int(name.split('_')[0][5:]) for name in evals if name.startswith('clean')})
+  return _seeds_named(evals, 'clean')
 
 
 def clean_share_table(evals: dict, seed: int, video: str, setting: str) -> str:
   """One seed's stage 2 with the recipe's clean share against the same stage 1 continued on clean clips only
   (windows of 7), beside the goals' bars: what the mix of clips buys in each setting."""
-  keys = list(GOAL_KEYS[setting]) + (['PSNR IR', 'PSNR VI'] if setting == 'degraded' else []) + ['flowD_fb w7']
+  keys = _goal_columns(setting) + ['flowD_fb w7']
   lines = ['| stage 2 of seed ' + str(seed) + ' | ' + ' | '.join(keys) + ' |', '|---|' + '---:|' * len(keys)]
   recipe = 'final' if seed == STUDY_SEED else f'seed{seed}'
   for model, label in ((recipe, f'{CLEAN_SHARE:.0%} clean clips (the recipe)'),
